@@ -1,0 +1,81 @@
+"""Clara's HTTP API: the app factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from flask import Flask, current_app, request
+
+from api import health, sessions, training, users
+from api.errors import ApiError, ClaraApi, register_error_handlers
+from auth.tokens import configure_jwt
+from auth.users import bootstrap_admin
+from records import migrations
+from records.db import Database, DatabaseUnavailable
+from settings import Settings, configure_logging, load
+from tasks import make_celery
+
+logger = logging.getLogger(__name__)
+
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+_NO_DATABASE_PATHS = ("/health", "/api/openapi.json")
+
+
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+    """Build the API from settings: CLARA_* variables, overridden by `config` (a mapping or Settings)."""
+    settings = config if isinstance(config, Settings) else load(config)
+    configure_logging(settings)
+    app = Flask("clara", static_folder=None)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        API_TITLE="Clara",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+    )
+    app.extensions["clara_settings"] = settings
+    app.extensions["clara_db"] = Database(settings.database_url)
+    app.extensions["clara_redis"] = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
+    app.extensions["clara_celery"] = make_celery(settings, set_as_current=False)
+
+    api = ClaraApi(app)
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    app.config["API_SPEC_OPTIONS"] = {"security": [{"bearerAuth": []}]}
+    configure_jwt(app, settings)
+    register_error_handlers(app)
+    for module in (sessions, users, training, health):
+        api.register_blueprint(module.blp)
+
+    app.extensions["clara_schema_ready"] = _prepare_database(app)
+    app.before_request(_before_request)
+    return app
+
+
+def _prepare_database(app: Flask) -> bool:
+    """Apply migrations and create the first admin; False when PostgreSQL is not reachable yet."""
+    db = app.extensions["clara_db"]
+    settings = app.extensions["clara_settings"]
+    try:
+        migrations.apply(db)
+        if settings.bootstrap_admin_password:
+            bootstrap_admin(db, settings.bootstrap_admin_password)
+    except DatabaseUnavailable as exc:
+        logger.warning("Database not ready at start (%s); will retry on the next request.", exc)
+        return False
+    return True
+
+
+def _before_request() -> None:
+    """Require JSON bodies, and finish database set-up once PostgreSQL is back."""
+    if request.method in _BODY_METHODS and request.content_length and not request.is_json:
+        raise ApiError(415, "The request body must be JSON (Content-Type: application/json).",
+                       "unsupported_media_type")
+    if not current_app.extensions["clara_schema_ready"] and request.path not in _NO_DATABASE_PATHS:
+        if not _prepare_database(current_app):
+            raise DatabaseUnavailable("PostgreSQL is unavailable")
+        current_app.extensions["clara_schema_ready"] = True

@@ -1,0 +1,278 @@
+"""Request and response schemas. Input schemas reject unknown fields; output schemas are separate."""
+
+from __future__ import annotations
+
+import json
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from auth.users import ROLES
+from trainers.config import EXCLUSIVE_MIN, HYPERPARAMETER_BOUNDS, LoraHyperparameters, TrainingConfigError
+
+JOB_STATUSES = ("pending", "queued", "running", "completed", "failed", "cancelled")
+TRAINER_TYPES = ("lora", "qlora", "continuous")
+MAX_METADATA_BYTES = 16 * 1024
+
+
+class InputSchema(ma.Schema):
+    """Base of every request schema: unknown fields are an error, named in the response."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+class StrictFloat(fields.Float):
+    """A JSON number; unlike marshmallow's Float, a string such as "0.1" is a type error."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def _bounded(kind: type[fields.Number], name: str, **kwargs) -> fields.Number:
+    """A number field whose range comes from the trainers' own bounds."""
+    low, high = HYPERPARAMETER_BOUNDS[name]
+    if kind is fields.Integer:
+        kwargs["strict"] = True
+    return kind(validate=validate.Range(min=low, max=high, min_inclusive=name not in EXCLUSIVE_MIN), **kwargs)
+
+
+class TargetModules(fields.Field):
+    """Either "all-linear" or a list of module names."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value == "all-linear":
+            return value
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        raise ma.ValidationError('Must be "all-linear" or a list of module names.')
+
+
+class HyperparametersSchema(InputSchema):
+    """Training hyperparameters; omitted ones take the defaults shown in the job."""
+
+    num_epochs = _bounded(StrictFloat, "num_epochs")
+    max_steps = _bounded(fields.Integer, "max_steps", allow_none=True)
+    learning_rate = _bounded(StrictFloat, "learning_rate")
+    batch_size = _bounded(fields.Integer, "batch_size")
+    gradient_accumulation_steps = _bounded(fields.Integer, "gradient_accumulation_steps")
+    max_seq_length = _bounded(fields.Integer, "max_seq_length")
+    lora_rank = _bounded(fields.Integer, "lora_rank")
+    lora_alpha = _bounded(StrictFloat, "lora_alpha")
+    lora_dropout = _bounded(StrictFloat, "lora_dropout")
+    target_modules = TargetModules(allow_none=True, metadata={"example": ["q_proj", "v_proj"]})
+    warmup_ratio = _bounded(StrictFloat, "warmup_ratio")
+    seed = _bounded(fields.Integer, "seed")
+
+    @ma.post_load
+    def _complete(self, data: dict, **kwargs) -> dict:
+        """Fill defaults and apply the trainers' own checks, so the API and workers agree."""
+        try:
+            return LoraHyperparameters.from_dict(data).to_dict()
+        except TrainingConfigError as exc:
+            errors: dict[str, list[str]] = {}
+            for problem in exc.problems:
+                name, _, message = problem.partition(": ")
+                errors.setdefault(name if message else "_schema", []).append(message or problem)
+            raise ma.ValidationError(errors) from None
+
+
+def _metadata_size(value: dict) -> None:
+    """Keep metadata small: it is stored with every job."""
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise ma.ValidationError(f"Must be at most {MAX_METADATA_BYTES} bytes as JSON.")
+
+
+class JobCreateSchema(InputSchema):
+    """A training job to submit."""
+
+    job_name = fields.String(required=True, validate=validate.Length(min=1, max=200),
+                             metadata={"example": "citizen-faq-v1"})
+    trainer_type = fields.String(load_default="lora", validate=validate.OneOf(TRAINER_TYPES))
+    base_model = fields.String(required=True, validate=validate.Length(min=1, max=300),
+                               metadata={"description": "A hub id, or a directory name under CLARA_MODELS_DIR.",
+                                         "example": "tiny-llama"})
+    dataset_path = fields.String(required=True, validate=validate.Length(min=1, max=1000),
+                                 metadata={"description": "A JSONL file under CLARA_DATA_DIR.",
+                                           "example": "demo-train.jsonl"})
+    hyperparameters = fields.Nested(HyperparametersSchema, load_default=dict)
+    metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=200)), load_default=dict,
+                           validate=_metadata_size)
+
+    @ma.post_load
+    def _defaults(self, data: dict, **kwargs) -> dict:
+        """An empty hyperparameters object still gets every default."""
+        if not data["hyperparameters"]:
+            data["hyperparameters"] = LoraHyperparameters().to_dict()
+        return data
+
+
+class JobListQuerySchema(InputSchema):
+    """Filters and the cursor for listing jobs."""
+
+    status = fields.String(validate=validate.OneOf(JOB_STATUSES))
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    after = fields.UUID(metadata={"description": "The id of the last job of the previous page."})
+
+
+class EventListQuerySchema(InputSchema):
+    """The cursor for a job's events."""
+
+    after = fields.Integer(validate=validate.Range(min=0), metadata={"description": "The last event id seen."})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class ProgressSchema(ma.Schema):
+    """How far a job has come."""
+
+    step = fields.Integer()
+    total_steps = fields.Integer()
+    epoch = fields.Float()
+    percent = fields.Float()
+    eta_seconds = fields.Float(allow_none=True)
+
+
+class MetricsSchema(ma.Schema):
+    """Training metrics so far, or final."""
+
+    class Meta:
+        unknown = ma.INCLUDE
+
+    train_loss = fields.Float(allow_none=True)
+    trained_tokens = fields.Integer(allow_none=True)
+    tokens_per_second = fields.Float(allow_none=True)
+
+
+class JobErrorSchema(ma.Schema):
+    """Why a job failed."""
+
+    code = fields.String()
+    message = fields.String()
+
+
+class JobSchema(ma.Schema):
+    """A training job as users see it."""
+
+    object = fields.Constant("training.job")
+    id = fields.UUID()
+    job_name = fields.String()
+    trainer_type = fields.String()
+    status = fields.String(validate=validate.OneOf(JOB_STATUSES))
+    is_terminal = fields.Method("_is_terminal")
+    base_model = fields.String()
+    dataset_path = fields.String()
+    hyperparameters = fields.Dict()
+    metadata = fields.Dict()
+    owner = fields.String()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    progress = fields.Method("_progress")
+    metrics = fields.Method("_metrics")
+    adapter_path = fields.String(allow_none=True)
+    error = fields.Method("_error", allow_none=True)
+    attempts = fields.Integer()
+    worker = fields.String(allow_none=True)
+    cancel_requested = fields.Boolean()
+
+    def _is_terminal(self, job: dict) -> bool:
+        return job["status"] in ("completed", "failed", "cancelled")
+
+    def _progress(self, job: dict) -> dict:
+        defaults = {"step": 0, "total_steps": None, "epoch": 0.0, "percent": 0.0, "eta_seconds": None}
+        return {**defaults, **job["progress"]}
+
+    def _metrics(self, job: dict) -> dict:
+        return {"train_loss": None, "trained_tokens": 0, "tokens_per_second": None, **job["metrics"]}
+
+    def _error(self, job: dict) -> dict | None:
+        if not job["error_code"]:
+            return None
+        return {"code": job["error_code"], "message": job["error_message"]}
+
+
+class JobListSchema(ma.Schema):
+    """A page of jobs."""
+
+    object = fields.Constant("list")
+    data = fields.List(fields.Nested(JobSchema))
+    has_more = fields.Boolean()
+
+
+class EventSchema(ma.Schema):
+    """Something that happened to a job."""
+
+    object = fields.Constant("training.job.event")
+    id = fields.Integer()
+    created_at = fields.DateTime()
+    level = fields.String()
+    type = fields.String()
+    message = fields.String()
+    data = fields.Dict()
+
+
+class EventListSchema(ma.Schema):
+    """A page of a job's events."""
+
+    object = fields.Constant("list")
+    data = fields.List(fields.Nested(EventSchema))
+    has_more = fields.Boolean()
+
+
+class LoginSchema(InputSchema):
+    """Credentials."""
+
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=1024), load_only=True)
+
+
+class LogoutSchema(InputSchema):
+    """Optionally the refresh token, so logging out revokes it too."""
+
+    refresh_token = fields.String(validate=validate.Length(max=4096))
+
+
+class TokenSchema(ma.Schema):
+    """A token pair."""
+
+    access_token = fields.String()
+    refresh_token = fields.String()
+    token_type = fields.String()
+    expires_in = fields.Integer()
+
+
+class UserCreateSchema(InputSchema):
+    """A user to create."""
+
+    username = fields.String(required=True, validate=validate.Regexp(
+        r"^[A-Za-z0-9_.-]{3,64}$", error="Must be 3 to 64 letters, digits, '.', '_' or '-'."))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=12, max=1024))
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+
+
+class UserSchema(ma.Schema):
+    """A user as shown to admins and to themselves."""
+
+    object = fields.Constant("user")
+    id = fields.Integer()
+    username = fields.String()
+    role = fields.String()
+    disabled = fields.Boolean()
+    created_at = fields.DateTime()
+
+
+class UserListQuerySchema(InputSchema):
+    """The cursor for listing users."""
+
+    after = fields.Integer(validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+
+
+class UserListSchema(ma.Schema):
+    """A page of users."""
+
+    object = fields.Constant("list")
+    data = fields.List(fields.Nested(UserSchema))
+    has_more = fields.Boolean()

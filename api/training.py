@@ -1,0 +1,221 @@
+"""Training jobs over HTTP: /api/training/jobs."""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import marshmallow as ma
+from flask import Response, current_app, stream_with_context
+from flask_jwt_extended import current_user, jwt_required
+from flask_smorest import Blueprint
+
+from api.errors import ApiError
+from api.paths import PathRejected, resolve_base_model, resolve_dataset
+from api.schemas import EventListQuerySchema, EventListSchema, JobCreateSchema, JobListQuerySchema, JobListSchema, JobSchema
+from auth.tokens import roles_required
+from records import jobs
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+blp = Blueprint("training", __name__, url_prefix="/api/training/jobs",
+                description="Submit, follow, cancel and download LoRA training jobs.")
+
+TRAIN_TASK = "clara.train_job"
+SUPPORTED_TRAINERS = ("lora",)
+
+
+def _settings() -> Settings:
+    return current_app.extensions["clara_settings"]
+
+
+def _db():
+    return current_app.extensions["clara_db"]
+
+
+def _visible_owner() -> int | None:
+    """Trainers see only their own jobs; analysts and admins see every job."""
+    return current_user["id"] if current_user["role"] == "trainer" else None
+
+
+def _load_visible(job_id: uuid.UUID) -> dict:
+    """The job if the caller may see it; 404 otherwise, so others' ids reveal nothing."""
+    try:
+        return jobs.get_job(_db(), job_id, owner_id=_visible_owner())
+    except jobs.JobNotFound:
+        raise ApiError(404, f"No training job {job_id}.", "job_not_found") from None
+
+
+def _field_error(field: str, message: str) -> ApiError:
+    return ApiError(422, f"Invalid request. {field}: {message}", "validation_error", {"fields": {field: [message]}})
+
+
+@blp.route("", methods=["POST"])
+@roles_required("admin", "trainer")
+@blp.arguments(JobCreateSchema)
+@blp.response(202, JobSchema)
+@blp.alt_response(422, description="A field is invalid; the response names it.")
+@blp.alt_response(503, description="The database or the job queue is unavailable; nothing was queued.")
+def submit(body: dict) -> dict:
+    """Submit a training job; it is queued for a GPU worker and answered at once."""
+    settings = _settings()
+    if body["trainer_type"] not in SUPPORTED_TRAINERS:
+        raise _field_error("trainer_type", f"{body['trainer_type']!r} is not supported yet; use lora.")
+    problems = {}
+    try:
+        base_model = resolve_base_model(settings, body["base_model"])
+    except PathRejected as exc:
+        problems["base_model"] = [str(exc)]
+    try:
+        dataset_path = resolve_dataset(settings, body["dataset_path"])
+    except PathRejected as exc:
+        problems["dataset_path"] = [str(exc)]
+    if problems:
+        summary = "; ".join(f"{name}: {messages[0]}" for name, messages in problems.items())
+        raise ApiError(422, f"Invalid request. {summary}", "validation_error", {"fields": problems})
+    job = jobs.create_job(
+        _db(), job_name=body["job_name"], trainer_type=body["trainer_type"], base_model=base_model,
+        dataset_path=str(dataset_path), hyperparameters=body["hyperparameters"], metadata=body["metadata"],
+        owner_id=current_user["id"],
+    )
+    _enqueue(job["id"])
+    logger.info("User %s submitted training job %s.", current_user["username"], job["id"])
+    return jobs.get_job(_db(), job["id"])
+
+
+def _enqueue(job_id: uuid.UUID) -> None:
+    """Publish the job's task; if the broker cannot take it, end the job failed and answer 503."""
+    celery = current_app.extensions["clara_celery"]
+    timeout = _settings().broker_timeout
+    try:
+        celery.send_task(
+            TRAIN_TASK, args=[str(job_id)], task_id=str(job_id), retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": timeout / 4,
+                          "interval_max": timeout / 2},
+        )
+    except Exception as exc:  # kombu raises several types for a broker that is down or refusing.
+        logger.error("Could not queue training job %s: %s", job_id, exc)
+        jobs.mark_enqueue_failed(_db(), job_id, "the job queue was unavailable")
+        raise ApiError(503, "The job queue is unavailable; the job was not queued. Try again shortly.",
+                       "broker_unavailable", {"job_id": str(job_id)}) from None
+    jobs.mark_queued(_db(), job_id, str(job_id))
+
+
+@blp.route("", methods=["GET"])
+@jwt_required()
+@blp.arguments(JobListQuerySchema, location="query", unknown=ma.RAISE)
+@blp.response(200, JobListSchema)
+def index(query: dict) -> dict:
+    """List jobs, newest first; pass the last id of a page as `after` for the next."""
+    try:
+        rows, has_more = jobs.list_jobs(_db(), owner_id=_visible_owner(), status=query.get("status"),
+                                        limit=query["limit"], after=query.get("after"))
+    except jobs.UnknownCursor:
+        raise _field_error("after", "No job with this id.") from None
+    return {"data": rows, "has_more": has_more}
+
+
+@blp.route("/<uuid:job_id>", methods=["GET"])
+@jwt_required()
+@blp.response(200, JobSchema)
+def show(job_id: uuid.UUID) -> dict:
+    """One job: status, progress, metrics, error."""
+    return _load_visible(job_id)
+
+
+@blp.route("/<uuid:job_id>/events", methods=["GET"])
+@jwt_required()
+@blp.arguments(EventListQuerySchema, location="query", unknown=ma.RAISE)
+@blp.response(200, EventListSchema)
+def events(query: dict, job_id: uuid.UUID) -> dict:
+    """A job's events in order; pass the last event id as `after` to poll for new ones."""
+    _load_visible(job_id)
+    rows, has_more = jobs.list_events(_db(), job_id, after=query.get("after"), limit=query["limit"])
+    return {"data": rows, "has_more": has_more}
+
+
+def _cancel(job_id: uuid.UUID) -> dict:
+    """Cancel a job the caller may cancel: trainers their own, admins any."""
+    owner = current_user["id"] if current_user["role"] != "admin" else None
+    try:
+        job = jobs.request_cancel(_db(), job_id, owner_id=owner)
+    except jobs.JobNotFound:
+        raise ApiError(404, f"No training job {job_id}.", "job_not_found") from None
+    except jobs.JobNotCancellable as exc:
+        raise ApiError(409, f"The job already ended ({exc}); there is nothing to cancel.", "job_not_cancellable") from None
+    if job["status"] == "cancelled" and job["task_id"]:
+        # The cancel in PostgreSQL is what holds; the revoke only spares a worker the delivery.
+        try:
+            current_app.extensions["clara_celery"].control.revoke(job["task_id"])
+        except Exception as exc:
+            logger.warning("Could not revoke the task of cancelled job %s: %s", job_id, exc)
+    logger.info("User %s cancelled training job %s.", current_user["username"], job_id)
+    return job
+
+
+@blp.route("/<uuid:job_id>/cancel", methods=["POST"])
+@roles_required("admin", "trainer")
+@blp.response(200, JobSchema)
+@blp.alt_response(409, description="The job already ended.")
+def cancel(job_id: uuid.UUID) -> dict:
+    """Cancel a job: a queued job never starts, a running one stops at its next step."""
+    return _cancel(job_id)
+
+
+@blp.route("/<uuid:job_id>", methods=["DELETE"])
+@roles_required("admin", "trainer")
+@blp.response(200, JobSchema)
+@blp.alt_response(409, description="The job already ended.")
+def delete(job_id: uuid.UUID) -> dict:
+    """Cancel a job (the same as POST .../cancel); its record stays."""
+    return _cancel(job_id)
+
+
+@blp.route("/<uuid:job_id>/adapter", methods=["GET"])
+@jwt_required()
+@blp.response(200, {"format": "binary", "type": "string"}, content_type="application/gzip")
+@blp.alt_response(409, description="The job has no adapter (yet).")
+def adapter(job_id: uuid.UUID) -> Response:
+    """Download the trained adapter directory as a .tar.gz."""
+    job = _load_visible(job_id)
+    if job["status"] != "completed" or not job["adapter_path"]:
+        raise ApiError(409, f"Job {job_id} has no adapter: its status is {job['status']}.", "adapter_not_ready")
+    directory = Path(job["adapter_path"]).resolve()
+    if not directory.is_relative_to(_settings().output_dir) or not directory.is_dir():
+        raise ApiError(404, f"The adapter of job {job_id} is no longer on disk.", "adapter_missing")
+    return Response(
+        stream_with_context(_tar_gz(directory, arcname=f"{job_id}")),
+        mimetype="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="adapter-{job_id}.tar.gz"'},
+    )
+
+
+class _Chunks:
+    """A write-only file that hands what is written to a generator."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def _tar_gz(directory: Path, arcname: str) -> Iterator[bytes]:
+    """Stream a directory as tar.gz without a temporary file; symlinks are never followed."""
+    sink = _Chunks()
+    with tarfile.open(fileobj=sink, mode="w|gz") as archive:
+        for path in sorted(directory.rglob("*")):
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                continue
+            archive.add(path, arcname=f"{arcname}/{path.relative_to(directory)}", recursive=False)
+            yield sink.take()
+    yield sink.take()

@@ -1,0 +1,50 @@
+"""Celery's configuration, built from Clara's settings so the API and every worker agree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from settings import Settings
+
+# Extra time past the longest allowed job before Redis hands an unacknowledged task to another worker.
+VISIBILITY_MARGIN_SECONDS = 3600
+
+TASK_ROUTES = {
+    "clara.train_*": {"queue": "gpu"},
+}
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """Return the Celery configuration for these settings."""
+    # Redis redelivers an unacknowledged task after the visibility timeout; it must outlast every job,
+    # and it must be set for both the broker and the result backend (celery#7651).
+    transport = {"visibility_timeout": settings.job_time_limit + VISIBILITY_MARGIN_SECONDS}
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        "broker_transport_options": dict(transport),
+        "result_backend_transport_options": dict(transport),
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.broker_timeout,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_routes": TASK_ROUTES,
+        "task_default_queue": "cpu",
+        # A training task is acknowledged only when it ends, and goes back to the queue if its
+        # worker process dies; PostgreSQL counts the attempts, since Redis does not.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # One training child per worker unless the command line says otherwise (one per GPU).
+        "worker_concurrency": max(1, len(settings.gpu_ids)),
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_expires": 7 * 24 * 3600,
+        "result_extended": True,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

@@ -1,0 +1,201 @@
+"""Training job rows and their events: the truth about every job, whoever asks."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg2.extras import Json
+
+from records.db import Database
+
+logger = logging.getLogger(__name__)
+
+ACTIVE_STATUSES = ("pending", "queued", "running")
+TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+
+_JOB_COLUMNS = """
+    j.id, j.job_name, j.trainer_type, j.status, j.base_model, j.dataset_path, j.hyperparameters,
+    j.metadata, j.owner_id, u.username AS owner, j.created_at, j.started_at, j.finished_at,
+    j.progress, j.metrics, j.adapter_path, j.error_code, j.error_message, j.attempts, j.worker,
+    j.task_id, j.cancel_requested
+"""
+_JOB_FROM = "training_jobs j JOIN users u ON u.id = j.owner_id"
+
+
+class JobNotFound(LookupError):
+    """No job has this id (or the caller may not see it)."""
+
+
+class JobNotCancellable(RuntimeError):
+    """The job already ended."""
+
+
+class UnknownCursor(LookupError):
+    """A pagination cursor names no visible record."""
+
+
+class Claim(enum.Enum):
+    """What a delivery of a job's task found when it tried to take the job."""
+
+    CLAIMED = "claimed"
+    MISSING = "missing"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    LEASED = "leased"
+    EXHAUSTED = "exhausted"
+
+
+@dataclass
+class ClaimResult:
+    """The outcome of a claim and, when claimed, the job row."""
+
+    outcome: Claim
+    job: dict[str, Any] | None = None
+
+
+def add_event(cur, job_id: uuid.UUID, type_: str, message: str, level: str = "info",
+              data: dict[str, Any] | None = None) -> None:
+    """Append one event to a job's history inside the caller's transaction."""
+    cur.execute(
+        "INSERT INTO job_events (job_id, type, level, message, data) VALUES (%s, %s, %s, %s, %s)",
+        (job_id, type_, level, message, Json(data or {})),
+    )
+
+
+def create_job(db: Database, *, job_name: str, trainer_type: str, base_model: str, dataset_path: str,
+               hyperparameters: dict[str, Any], metadata: dict[str, Any], owner_id: int) -> dict[str, Any]:
+    """Record a new job as pending and return it."""
+    job_id = uuid.uuid4()
+    with db.transaction() as cur:
+        cur.execute(
+            "INSERT INTO training_jobs (id, job_name, trainer_type, status, base_model, dataset_path,"
+            " hyperparameters, metadata, owner_id) VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s)",
+            (job_id, job_name, trainer_type, base_model, dataset_path, Json(hyperparameters),
+             Json(metadata), owner_id),
+        )
+        add_event(cur, job_id, "status", "Job created.", data={"status": "pending"})
+    return get_job(db, job_id)
+
+
+def mark_queued(db: Database, job_id: uuid.UUID, task_id: str) -> None:
+    """Record that the job's task is on the broker; a worker that already took it wins."""
+    with db.transaction() as cur:
+        cur.execute(
+            "UPDATE training_jobs SET task_id = %s,"
+            " status = CASE WHEN status = 'pending' THEN 'queued' ELSE status END WHERE id = %s"
+            " RETURNING status",
+            (task_id, job_id),
+        )
+        row = cur.fetchone()
+        if row and row["status"] == "queued":
+            add_event(cur, job_id, "status", "Job queued.", data={"status": "queued"})
+
+
+def mark_enqueue_failed(db: Database, job_id: uuid.UUID, reason: str) -> None:
+    """End a job that never reached the broker, so it does not sit pending forever."""
+    with db.transaction() as cur:
+        cur.execute(
+            "UPDATE training_jobs SET status = 'failed', finished_at = now(), error_code = 'broker_unavailable',"
+            " error_message = %s WHERE id = %s AND status = 'pending'",
+            (reason, job_id),
+        )
+        if cur.rowcount:
+            add_event(cur, job_id, "status", f"Job could not be queued: {reason}", level="error",
+                      data={"status": "failed"})
+
+
+def get_job(db: Database, job_id: uuid.UUID, owner_id: int | None = None) -> dict[str, Any]:
+    """Return one job; with owner_id, only if that user owns it. Raise JobNotFound otherwise."""
+    query = f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE j.id = %s"
+    params: list[Any] = [job_id]
+    if owner_id is not None:
+        query += " AND j.owner_id = %s"
+        params.append(owner_id)
+    with db.transaction() as cur:
+        cur.execute(query, params)
+        row = cur.fetchone()
+    if row is None:
+        raise JobNotFound(str(job_id))
+    return dict(row)
+
+
+def list_jobs(db: Database, *, owner_id: int | None, status: str | None, limit: int,
+              after: uuid.UUID | None) -> tuple[list[dict[str, Any]], bool]:
+    """Return a page of jobs, newest first, and whether more follow; `after` is the last id seen."""
+    where, params = [], []
+    if owner_id is not None:
+        where.append("j.owner_id = %s")
+        params.append(owner_id)
+    if status is not None:
+        where.append("j.status = %s")
+        params.append(status)
+    with db.transaction() as cur:
+        if after is not None:
+            cur.execute(
+                "SELECT created_at, id FROM training_jobs WHERE id = %s AND (%s::bigint IS NULL OR owner_id = %s)",
+                (after, owner_id, owner_id),
+            )
+            cursor_row = cur.fetchone()
+            if cursor_row is None:
+                raise UnknownCursor(str(after))
+            where.append("(j.created_at, j.id) < (%s, %s)")
+            params += [cursor_row["created_at"], cursor_row["id"]]
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        cur.execute(
+            f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} {clause} ORDER BY j.created_at DESC, j.id DESC LIMIT %s",
+            params + [limit + 1],
+        )
+        rows = [dict(row) for row in cur.fetchall()]
+    return rows[:limit], len(rows) > limit
+
+
+def list_events(db: Database, job_id: uuid.UUID, *, after: int | None, limit: int
+                ) -> tuple[list[dict[str, Any]], bool]:
+    """Return a job's events in the order they happened, after the given event id."""
+    with db.transaction() as cur:
+        cur.execute(
+            "SELECT id, created_at, level, type, message, data FROM job_events"
+            " WHERE job_id = %s AND id > %s ORDER BY id LIMIT %s",
+            (job_id, after or 0, limit + 1),
+        )
+        rows = [dict(row) for row in cur.fetchall()]
+    return rows[:limit], len(rows) > limit
+
+
+def request_cancel(db: Database, job_id: uuid.UUID, owner_id: int | None = None) -> dict[str, Any]:
+    """Record a cancel; a job not yet running ends cancelled at once, a running one at its next step."""
+    with db.transaction() as cur:
+        query = "SELECT status, cancel_requested FROM training_jobs WHERE id = %s"
+        params: list[Any] = [job_id]
+        if owner_id is not None:
+            query += " AND owner_id = %s"
+            params.append(owner_id)
+        cur.execute(query + " FOR UPDATE", params)
+        row = cur.fetchone()
+        if row is None:
+            raise JobNotFound(str(job_id))
+        if row["status"] in TERMINAL_STATUSES:
+            raise JobNotCancellable(row["status"])
+        if row["status"] == "running":
+            cur.execute("UPDATE training_jobs SET cancel_requested = true WHERE id = %s", (job_id,))
+            if not row["cancel_requested"]:
+                add_event(cur, job_id, "status", "Cancellation requested; the job stops at its next step.")
+        else:
+            cur.execute(
+                "UPDATE training_jobs SET cancel_requested = true, status = 'cancelled', finished_at = now(),"
+                " lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
+                (job_id,),
+            )
+            add_event(cur, job_id, "status", "Job cancelled before it started.", data={"status": "cancelled"})
+    return get_job(db, job_id)
+
+
+def count_active(db: Database) -> int:
+    """Number of jobs running now."""
+    with db.transaction() as cur:
+        cur.execute("SELECT count(*) AS n FROM training_jobs WHERE status = 'running'")
+        return cur.fetchone()["n"]

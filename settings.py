@@ -1,0 +1,174 @@
+"""Clara's settings: one object of defaults, overridden by CLARA_* environment variables.
+
+Every field below can be set as CLARA_<FIELD NAME IN CAPITALS>, for example
+CLARA_DATABASE_URL or CLARA_GPU_IDS. Tests and tools pass overrides as a mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import logging
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENVIRONMENTS = ("development", "production", "testing")
+# A default that is published in the source code is no secret: production refuses it.
+DEVELOPMENT_SECRET = "clara-development-secret-do-not-use-in-production"
+MIN_SECRET_LENGTH = 32
+PREFIX = "CLARA_"
+
+
+class SettingsError(ValueError):
+    """Raised when settings are invalid; lists every problem at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("Invalid Clara settings: " + "; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting Clara reads, with its default."""
+
+    env: str = "development"
+    """development, production or testing; production refuses insecure defaults."""
+    secret_key: str = DEVELOPMENT_SECRET
+    """Signs JWTs (HS256). At least 32 characters and not the default in production."""
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/clara"
+    """PostgreSQL, the system of record for users, jobs and events."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis: Celery broker, result backend and token blocklist."""
+    api_host: str = "127.0.0.1"
+    """Address `python -m api` listens on."""
+    api_port: int = 45680
+    """Port `python -m api` listens on."""
+    data_dir: Path = Path("var/data")
+    """Training datasets; dataset_path in a request is relative to it. Shared storage across hosts."""
+    models_dir: Path = Path("var/models")
+    """Local base models; base_model may name a directory in it. Shared storage across hosts."""
+    output_dir: Path = Path("var/outputs")
+    """Adapters are written to <output_dir>/<job id>/. Shared storage across hosts."""
+    allow_hub_models: bool = True
+    """Accept a Hugging Face hub id as base_model when no local directory has that name."""
+    bootstrap_admin_password: str = ""
+    """When set and no user exists, the first start creates user admin with this password."""
+    access_token_minutes: int = 15
+    """Lifetime of access tokens."""
+    refresh_token_days: int = 30
+    """Lifetime of refresh tokens."""
+    job_time_limit: int = 24 * 3600
+    """Longest a training job may run, in seconds; the broker's visibility timeout exceeds it."""
+    max_attempts: int = 3
+    """Deliveries of one job before it ends failed."""
+    lease_seconds: int = 60
+    """A running attempt renews its lease on the job this often times two; a stale lease frees the job."""
+    max_concurrent_jobs: int = 1
+    """Training jobs the GPU workers run at once (reported by /health)."""
+    gpu_ids: tuple[str, ...] = ()
+    """GPUs of this worker host; worker child i trains on gpu_ids[i % len]. Empty: CUDA_VISIBLE_DEVICES or CPU."""
+    max_request_bytes: int = 1024 * 1024
+    """Largest accepted request body."""
+    max_dataset_bytes: int = 2 * 1024**3
+    """Largest training file a job may name."""
+    broker_timeout: float = 5.0
+    """Seconds the API waits for the broker when it enqueues a job."""
+    ready_timeout: float = 1.0
+    """Seconds /ready waits for workers to answer."""
+    log_level: str = "INFO"
+    """Level of Clara's logs."""
+    flower_basic_auth: str = ""
+    """user:password for Flower; `make flower` refuses to start without it."""
+
+    @property
+    def is_production(self) -> bool:
+        """Whether this is a production deployment."""
+        return self.env == "production"
+
+    def problems(self) -> list[str]:
+        """Return every problem with these settings, empty when they are sound."""
+        problems = []
+        if self.env not in ENVIRONMENTS:
+            problems.append(f"CLARA_ENV must be one of {', '.join(ENVIRONMENTS)}, not {self.env!r}")
+        if self.is_production:
+            if not self.secret_key or self.secret_key == DEVELOPMENT_SECRET:
+                problems.append("CLARA_SECRET_KEY must be set to a secret of your own in production")
+            elif len(self.secret_key) < MIN_SECRET_LENGTH:
+                problems.append(f"CLARA_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters in production")
+            if self.flower_basic_auth and ":" not in self.flower_basic_auth:
+                problems.append("CLARA_FLOWER_BASIC_AUTH must look like user:password")
+        for name in ("api_port", "access_token_minutes", "refresh_token_days", "job_time_limit",
+                     "max_attempts", "lease_seconds", "max_concurrent_jobs", "max_request_bytes",
+                     "max_dataset_bytes"):
+            if getattr(self, name) <= 0:
+                problems.append(f"CLARA_{name.upper()} must be positive")
+        for name in ("broker_timeout", "ready_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"CLARA_{name.upper()} must be positive")
+        return problems
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    """Turn an environment string (or a test's value) into the field's type."""
+    if not isinstance(raw, str):
+        return tuple(raw) if kind == tuple[str, ...] else raw
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"CLARA_{name.upper()} must be true or false, not {raw!r}")
+    if kind is int or kind is float:
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"CLARA_{name.upper()} must be a number, not {raw!r}") from None
+    if kind is Path:
+        return Path(raw)
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from defaults, CLARA_* variables, then overrides; raise SettingsError if unsound."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    hints = typing.get_type_hints(Settings)
+    known = {f.name for f in dataclasses.fields(Settings)}
+    problems = [f"unknown setting {key!r}" for key in overrides if key not in known]
+    values: dict[str, Any] = {}
+    for name in known:
+        raw = overrides.get(name, environ.get(PREFIX + name.upper()))
+        if raw is None:
+            continue
+        try:
+            values[name] = _coerce(name, raw, hints[name])
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError(problems)
+    settings = Settings(**values)
+    settings = dataclasses.replace(
+        settings,
+        data_dir=settings.data_dir.resolve(),
+        models_dir=settings.models_dir.resolve(),
+        output_dir=settings.output_dir.resolve(),
+        log_level=settings.log_level.upper(),
+    )
+    problems = settings.problems()
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def configure_logging(settings: Settings) -> None:
+    """Send Clara's logs to standard error at the configured level, once per process."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(settings.log_level)

@@ -1,0 +1,41 @@
+"""Clara's Celery app. Workers start with `celery -A tasks worker -Q gpu` (training) or `-Q cpu`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+import celeryconfig
+import settings as clara_settings
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def make_celery(settings: Settings, set_as_current: bool = True) -> Celery:
+    """Build a Celery app from Clara's settings; the settings ride along as `app.clara_settings`."""
+    app = Celery("clara", set_as_current=set_as_current, include=["tasks.training"])
+    app.config_from_object(celeryconfig.build(settings))
+    app.clara_settings = settings
+    return app
+
+
+app = make_celery(clara_settings.load())
+
+
+@worker_process_init.connect
+def _prepare_child(**_: Any) -> None:
+    """In each worker child: take this child's GPU before torch touches CUDA, and drop inherited connections."""
+    from billiard.process import current_process
+
+    from tasks.training import reset_database
+    from trainers.devices import pin_gpu
+
+    clara_settings.configure_logging(app.clara_settings)
+    index = getattr(current_process(), "index", 0) or 0
+    gpu = pin_gpu(index)
+    logger.info("Worker child %s trains on %s.", index, f"GPU {gpu}" if gpu is not None else "its default device")
+    reset_database()

@@ -1,0 +1,110 @@
+"""Fixtures shared by every test: real PostgreSQL databases, real Redis databases, a tiny local model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+import redis
+from psycopg2 import sql
+
+# No test may reach a model hub; the tiny model is made locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ADMIN_DATABASE_URL = os.environ.get("CLARA_TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE_URL = os.environ.get("CLARA_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-signing"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _database_url(name: str) -> str:
+    return ADMIN_DATABASE_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def _admin_execute(statement: sql.Composable) -> None:
+    conn = psycopg2.connect(ADMIN_DATABASE_URL)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    """A migrated database that each test's database is copied from."""
+    from records import migrations
+    from records.db import Database
+
+    name = f"clara_test_template_{uuid.uuid4().hex[:8]}"
+    _admin_execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    db = Database(_database_url(name))
+    migrations.apply(db)
+    db.reset()
+    yield name
+    _admin_execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(template_database: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database of this test's own."""
+    name = f"clara_test_{uuid.uuid4().hex[:12]}"
+    _admin_execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_database)))
+    yield _database_url(name)
+    _admin_execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database of this test's own, empty before and after."""
+    url = f"{REDIS_BASE_URL}/15"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's tiny Llama with its tokenizer, made once per run from local text."""
+    from trainers.tiny_model import make_tiny_model
+
+    out = tmp_path_factory.mktemp("models") / "tiny-llama"
+    make_tiny_model(out, corpus_files=[EXAMPLES / "demo-train.jsonl"])
+    return out
+
+
+@pytest.fixture
+def storage(tmp_path: Path, tiny_model_dir: Path) -> dict[str, Path]:
+    """Data, models and outputs directories with the tiny model and the example dataset in place."""
+    dirs = {name: tmp_path / name for name in ("data", "models", "outputs")}
+    for path in dirs.values():
+        path.mkdir()
+    shutil.copytree(tiny_model_dir, dirs["models"] / "tiny-llama")
+    shutil.copy(EXAMPLES / "demo-train.jsonl", dirs["data"] / "demo-train.jsonl")
+    return dirs
+
+
+@pytest.fixture
+def settings_overrides(database_url: str, redis_url: str, storage: dict[str, Path]) -> dict[str, object]:
+    """Settings for a test: its own database, Redis db and directories."""
+    return {
+        "env": "testing",
+        "secret_key": TEST_SECRET,
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "data_dir": storage["data"],
+        "models_dir": storage["models"],
+        "output_dir": storage["outputs"],
+        "allow_hub_models": False,
+        "ready_timeout": 0.5,
+        "broker_timeout": 2.0,
+    }
