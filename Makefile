@@ -1,0 +1,50 @@
+# Clara: `make demo` runs a training job end to end, `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: install services demo test test-unit test-integration test-e2e api worker flower tiny-model clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+services:
+	bash scripts/services.sh
+
+demo: install services
+	$(PY) scripts/demo.py
+
+test: install services
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-integration: install services
+	$(PY) -m pytest tests/integration
+
+test-e2e: install services
+	$(PY) -m pytest tests/e2e
+
+api: install
+	$(PY) -m api
+
+worker: install
+	$(VENV)/bin/celery -A tasks worker -Q gpu --loglevel INFO
+
+flower: install
+	@test -n "$$CLARA_FLOWER_BASIC_AUTH" || { echo "Set CLARA_FLOWER_BASIC_AUTH=user:password first; Flower never runs open."; exit 1; }
+	$(VENV)/bin/celery -A tasks flower --port=5555 --address=127.0.0.1 --basic-auth="$$CLARA_FLOWER_BASIC_AUTH"
+
+tiny-model: install
+	$(PY) -m trainers.tiny_model var/models/tiny-llama --corpus examples/demo-train.jsonl
+
+clean:
+	rm -rf var .pytest_cache
