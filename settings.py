@@ -7,8 +7,8 @@ CLARA_DATABASE_URL or CLARA_GPU_IDS. Tests and tools pass overrides as a mapping
 from __future__ import annotations
 
 import dataclasses
-import os
 import logging
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass

@@ -90,7 +90,7 @@ def _validation_response(status: int, messages: dict[str, Any]) -> ResponseRetur
     if status == 400 and messages.get("json") == ["Invalid JSON body."]:
         return error_response(400, "The request body is not valid JSON.", "invalid_json")
     fields: dict[str, list[str]] = {}
-    for location, location_messages in messages.items():
+    for location_messages in messages.values():
         for name, problems in flatten_messages(location_messages).items():
             fields[name] = problems
     summary = "; ".join(f"{name}: {' '.join(problems)}" for name, problems in fields.items())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import current_app
 from flask_smorest import Blueprint
@@ -33,7 +33,7 @@ def health() -> dict:
         "port": settings.api_port,
         "active_jobs": active,
         "max_concurrent_jobs": settings.max_concurrent_jobs,
-        "timestamp": datetime.now(timezone.utc).isoformat(),
+        "timestamp": datetime.now(UTC).isoformat(),
     }
 
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from settings import Settings
-from trainers.data import dataset_problems
+from trainers.record_format import dataset_problems
 
 # owner/name or a bare legacy name such as gpt2; no path tricks.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")

@@ -15,7 +15,14 @@ from flask_smorest import Blueprint
 
 from api.errors import ApiError
 from api.paths import PathRejected, resolve_base_model, resolve_dataset
-from api.schemas import EventListQuerySchema, EventListSchema, JobCreateSchema, JobListQuerySchema, JobListSchema, JobSchema
+from api.schemas import (
+    EventListQuerySchema,
+    EventListSchema,
+    JobCreateSchema,
+    JobListQuerySchema,
+    JobListSchema,
+    JobSchema,
+)
 from auth.tokens import roles_required
 from records import jobs
 from settings import Settings
@@ -146,7 +153,8 @@ def _cancel(job_id: uuid.UUID) -> dict:
     except jobs.JobNotFound:
         raise ApiError(404, f"No training job {job_id}.", "job_not_found") from None
     except jobs.JobNotCancellable as exc:
-        raise ApiError(409, f"The job already ended ({exc}); there is nothing to cancel.", "job_not_cancellable") from None
+        raise ApiError(409, f"The job already ended ({exc}); there is nothing to cancel.",
+                       "job_not_cancellable") from None
     if job["status"] == "cancelled" and job["task_id"]:
         # The cancel in PostgreSQL is what holds; the revoke only spares a worker the delivery.
         try:

@@ -157,7 +157,8 @@ def run_job(url: str, password: str) -> int:
     print(f"Adapter: {job['adapter_path']}")
     print(f"Final metrics: train_loss {metrics['train_loss']:.4f}, trained_tokens {metrics['trained_tokens']},"
           f" tokens_per_second {metrics['tokens_per_second']:.1f}")
-    print(f"Download it: curl -H 'Authorization: Bearer ...' -o adapter.tar.gz {url}/api/training/jobs/{job['id']}/adapter")
+    print("Download it: curl -H 'Authorization: Bearer ...' -o adapter.tar.gz"
+          f" {url}/api/training/jobs/{job['id']}/adapter")
     return 0
 
 

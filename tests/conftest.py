@@ -56,7 +56,8 @@ def template_database() -> Iterator[str]:
 def database_url(template_database: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database of this test's own."""
     name = f"clara_test_{uuid.uuid4().hex[:12]}"
-    _admin_execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_database)))
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}")
+    _admin_execute(statement.format(sql.Identifier(name), sql.Identifier(template_database)))
     yield _database_url(name)
     _admin_execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

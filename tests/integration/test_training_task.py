@@ -1,0 +1,141 @@
+"""The training task's record keeping, run in-process against real PostgreSQL and a real tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import pytest
+
+from auth.users import create_user
+from records import attempts, jobs
+from records.jobs import Claim
+from settings import load
+from tasks.training import run_training_job
+from trainers.config import LoraHyperparameters
+
+
+@pytest.fixture
+def settings(settings_overrides):
+    return load(settings_overrides, environ={})
+
+
+@pytest.fixture
+def new_job(db, storage):
+    owner = create_user(db, "tina", "tina-password-long", "trainer")
+
+    def _new(**hyperparameters):
+        params = LoraHyperparameters.from_dict({"max_steps": 4, "batch_size": 2, "max_seq_length": 64,
+                                                **hyperparameters}).to_dict()
+        return jobs.create_job(db, job_name="task-test", trainer_type="lora",
+                               base_model=str(storage["models"] / "tiny-llama"),
+                               dataset_path=str(storage["data"] / "demo-train.jsonl"),
+                               hyperparameters=params, metadata={}, owner_id=owner["id"])
+
+    return _new
+
+
+def _claim(db, job_id, attempt="a1", lease=60, max_attempts=3):
+    return attempts.claim(db, job_id, attempt_id=attempt, worker="test", lease_seconds=lease,
+                          max_attempts=max_attempts)
+
+
+def test_job_trains_to_completion_and_the_record_says_so(db, settings, new_job):
+    job = new_job()
+    published = []
+    summary = run_training_job(db, settings, job["id"], worker="test-worker", publish=published.append)
+    assert summary == {"job_id": str(job["id"]), "outcome": "completed"}
+    done = jobs.get_job(db, job["id"])
+    assert done["status"] == "completed" and done["attempts"] == 1 and done["worker"] == "test-worker"
+    assert done["adapter_path"] == str(settings.output_dir / str(job["id"]))
+    assert (settings.output_dir / str(job["id"]) / "adapter_model.safetensors").is_file()
+    assert done["progress"]["step"] == 4 and done["progress"]["total_steps"] == 4
+    assert done["metrics"]["trained_tokens"] > 0
+    assert [p["step"] for p in published] == [1, 2, 3, 4]
+    events, _ = jobs.list_events(db, job["id"], after=None, limit=100)
+    assert events[-1]["message"] == "Job completed."
+    assert any(e["message"].startswith("Attempt 1 started on test-worker") for e in events)
+
+
+def test_unknown_target_module_fails_before_training_with_the_reason(db, settings, new_job):
+    job = new_job(target_modules=["no_such_proj"])
+    assert run_training_job(db, settings, job["id"], worker="w")["outcome"] == "failed"
+    failed = jobs.get_job(db, job["id"])
+    assert failed["error_code"] == "invalid_configuration"
+    assert "no_such_proj" in failed["error_message"]
+    assert failed["finished_at"] is not None and failed["adapter_path"] is None
+
+
+def test_missing_base_model_fails_with_a_clear_reason(db, settings, new_job, storage):
+    job = new_job()
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET base_model = %s WHERE id = %s",
+                    (str(storage["models"] / "gone"), job["id"]))
+    run_training_job(db, settings, job["id"], worker="w")
+    failed = jobs.get_job(db, job["id"])
+    assert failed["status"] == "failed" and "base_model" in failed["error_message"]
+
+
+def test_a_live_lease_keeps_a_second_delivery_out(db, new_job):
+    job = new_job()
+    assert _claim(db, job["id"], "first").outcome is Claim.CLAIMED
+    assert _claim(db, job["id"], "second").outcome is Claim.LEASED
+    assert jobs.get_job(db, job["id"])["attempts"] == 1
+
+
+def test_an_expired_lease_lets_the_job_be_delivered_again(db, new_job):
+    job = new_job()
+    assert _claim(db, job["id"], "first").outcome is Claim.CLAIMED
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
+                    (job["id"],))
+    result = _claim(db, job["id"], "second")
+    assert result.outcome is Claim.CLAIMED and result.job["attempts"] == 2
+    # The first attempt lost the job: whatever it reports or concludes is discarded.
+    assert attempts.renew_lease(db, job["id"], "first", 60) is False
+    assert attempts.finish(db, job["id"], "first", "completed", "done") is False
+    assert jobs.get_job(db, job["id"])["status"] == "running"
+
+
+def test_attempts_are_bounded(db, new_job):
+    job = new_job()
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET attempts = 3 WHERE id = %s", (job["id"],))
+    assert _claim(db, job["id"], max_attempts=3).outcome is Claim.EXHAUSTED
+    failed = jobs.get_job(db, job["id"])
+    assert failed["status"] == "failed" and failed["error_code"] == "max_attempts"
+
+
+def test_cancelled_or_finished_jobs_are_not_run(db, settings, new_job):
+    job = new_job()
+    jobs.request_cancel(db, job["id"])
+    assert run_training_job(db, settings, job["id"], worker="w")["outcome"] == "finished"
+    assert jobs.get_job(db, job["id"])["attempts"] == 0
+    assert _claim(db, uuid.uuid4()).outcome is Claim.MISSING
+
+
+def test_redelivery_of_a_job_cancelled_while_its_worker_was_gone_ends_it(db, new_job):
+    job = new_job()
+    assert _claim(db, job["id"], "first").outcome is Claim.CLAIMED
+    jobs.request_cancel(db, job["id"])
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
+                    (job["id"],))
+    assert _claim(db, job["id"], "second").outcome is Claim.CANCELLED
+    assert jobs.get_job(db, job["id"])["status"] == "cancelled"
+
+
+def test_cancel_requested_while_running_stops_training(db, settings, new_job):
+    job = new_job(max_steps=500)
+    stopped_at = []
+
+    def cancel_after_two(meta):
+        if meta["step"] == 2:
+            jobs.request_cancel(db, job["id"])
+        stopped_at.append(meta["step"])
+
+    run_training_job(db, dataclasses.replace(settings), job["id"], worker="w", publish=cancel_after_two)
+    cancelled = jobs.get_job(db, job["id"])
+    assert cancelled["status"] == "cancelled" and cancelled["adapter_path"] is None
+    assert max(stopped_at) < 500  # cancel is checked about once a second, not every step
+    assert not (settings.output_dir / str(job["id"])).exists()

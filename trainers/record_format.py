@@ -1,0 +1,129 @@
+"""The JSONL record format Clara trains on, and its validation; light enough for the API to import."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainers.config import TrainingConfigError
+
+ROLES = ("system", "user", "assistant")
+SHAPES = "text, instruction/output, messages"
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """Yield (line number, text) for each non-blank line; text is None when the line is not UTF-8."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, None
+                continue
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            if line.strip():
+                yield number, line
+
+
+def record_problems(record: object) -> list[str]:
+    """Return every problem with one decoded record; empty when it is valid."""
+    if not isinstance(record, dict):
+        return ["record must be a JSON object"]
+    shapes = [
+        name
+        for name, present in (
+            ("text", "text" in record),
+            ("instruction/output", "instruction" in record or "output" in record),
+            ("messages", "messages" in record),
+        )
+        if present
+    ]
+    if not shapes:
+        return [f"record has none of {SHAPES}"]
+    if len(shapes) > 1:
+        return [f"record mixes {' and '.join(shapes)}; use exactly one of {SHAPES}"]
+    if shapes[0] == "text":
+        return _string_problems(record, ("text",), ())
+    if shapes[0] == "instruction/output":
+        return _string_problems(record, ("instruction", "output"), ("input",))
+    return _messages_problems(record["messages"])
+
+
+def _string_problems(record: Mapping[str, Any], required: Sequence[str], optional: Sequence[str]) -> list[str]:
+    """Check that required fields are non-empty strings and optional ones are strings."""
+    problems = []
+    for name in required:
+        if name not in record:
+            problems.append(f"field '{name}' is missing")
+        elif not isinstance(record[name], str):
+            problems.append(f"field '{name}' must be a string")
+        elif not record[name].strip():
+            problems.append(f"field '{name}' must not be empty")
+    for name in optional:
+        if name in record and not isinstance(record[name], str):
+            problems.append(f"field '{name}' must be a string")
+    return problems
+
+
+def _messages_problems(messages: object) -> list[str]:
+    """Check a chat record's message list."""
+    if not isinstance(messages, list) or not messages:
+        return ["messages must be a non-empty list"]
+    problems = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            problems.append(f"messages[{index}] must be an object with role and content")
+            continue
+        if message.get("role") not in ROLES:
+            problems.append(f"messages[{index}].role must be one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            problems.append(f"messages[{index}].content must be a string")
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        problems.append("messages must contain at least one assistant message")
+    return problems
+
+
+def dataset_problems(path: Path, max_problems: int = 20) -> list[str]:
+    """Stream a JSONL file and return its problems as "line N: ...", at most max_problems of them."""
+    problems: list[str] = []
+    records = 0
+    last_line = 0
+    try:
+        for number, line in read_lines(Path(path)):
+            if line is None:
+                found = ["line is not valid UTF-8"]
+            else:
+                found = _line_problems(line)
+                records += 1
+            for problem in found:
+                if len(problems) >= max_problems:
+                    problems.append(f"and more problems after line {last_line}")
+                    return problems
+                problems.append(f"line {number}: {problem}")
+                last_line = number
+    except OSError as error:
+        return [f"cannot read the file ({error.strerror or error})"]
+    if records == 0 and not problems:
+        problems.append("the file holds no records")
+    return problems
+
+
+def _line_problems(line: str) -> list[str]:
+    """Return the problems of one JSONL line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        return [f"invalid JSON ({error.msg})"]
+    return record_problems(record)
+
+
+def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for each record; raise TrainingConfigError on the first bad line."""
+    for number, line in read_lines(Path(path)):
+        problems = ["line is not valid UTF-8"] if line is None else _line_problems(line)
+        if problems:
+            raise TrainingConfigError([f"line {number}: {problem}" for problem in problems])
+        yield number, json.loads(line)
