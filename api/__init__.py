@@ -21,7 +21,7 @@ from tasks import make_celery
 logger = logging.getLogger(__name__)
 
 _BODY_METHODS = ("POST", "PUT", "PATCH")
-_NO_DATABASE_PATHS = ("/health", "/api/openapi.json")
+_NO_DATABASE_PATHS = ("/health", "/ready", "/api/openapi.json")
 
 
 def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:

@@ -59,7 +59,9 @@ def _environment(settings: dict[str, Any], port: int) -> dict[str, str]:
     env.update({f"CLARA_{key.upper()}": str(value) for key, value in settings.items()})
     env.update({"CLARA_API_PORT": str(port), "CLARA_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
                 "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                "CLARA_LEASE_SECONDS": "15"})
+                "CLARA_LEASE_SECONDS": "15",
+                # No GPU here: the id only shows that each worker child pins the GPU it was given.
+                "CLARA_GPU_IDS": "7"})
     return env
 
 

@@ -55,6 +55,7 @@ def test_submit_poll_download_and_the_adapter_has_learned(stack, storage, tmp_pa
     job = stack.wait_for_job(trainer, job_id, lambda j: j["is_terminal"])
     assert job["status"] == "completed", job
     assert job["attempts"] == 1 and job["worker"]
+    assert "Worker child 0 trains on GPU 7." in stack.logs["worker"].read_text()
     assert job["progress"]["step"] == job["progress"]["total_steps"] == 30
     assert job["progress"]["percent"] == 100
     assert job["metrics"]["train_loss"] > 0 and job["metrics"]["trained_tokens"] > 0
