@@ -8,6 +8,8 @@ from settings import Settings
 
 # Extra time past the longest allowed job before Redis hands an unacknowledged task to another worker.
 VISIBILITY_MARGIN_SECONDS = 3600
+# After the soft limit the task records the job failed; the hard limit kills a child that does not stop.
+HARD_LIMIT_MARGIN_SECONDS = 300
 
 TASK_ROUTES = {
     "clara.train_*": {"queue": "gpu"},
@@ -30,6 +32,12 @@ def build(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_routes": TASK_ROUTES,
+        "task_annotations": {
+            "clara.train_job": {
+                "soft_time_limit": settings.job_time_limit,
+                "time_limit": settings.job_time_limit + HARD_LIMIT_MARGIN_SECONDS,
+            },
+        },
         "task_default_queue": "cpu",
         # A training task is acknowledged only when it ends, and goes back to the queue if its
         # worker process dies; PostgreSQL counts the attempts, since Redis does not.

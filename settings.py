@@ -61,13 +61,13 @@ class Settings:
     refresh_token_days: int = 30
     """Lifetime of refresh tokens."""
     job_time_limit: int = 24 * 3600
-    """Longest a training job may run, in seconds; the broker's visibility timeout exceeds it."""
+    """Longest a training job may run, in seconds, before it ends failed (time_limit); Redis redelivers after more."""
     max_attempts: int = 3
     """Deliveries of one job before it ends failed."""
     lease_seconds: int = 60
-    """A running attempt renews its lease on the job this often times two; a stale lease frees the job."""
+    """Lease of a running attempt on its job, renewed every third of it; a lapsed lease frees the job."""
     max_concurrent_jobs: int = 1
-    """Training jobs the GPU workers run at once (reported by /health)."""
+    """Training jobs the GPU workers can run at once as deployed; /health reports it."""
     gpu_ids: tuple[str, ...] = ()
     """GPUs of this worker host; worker child i trains on gpu_ids[i % len]. Empty: CUDA_VISIBLE_DEVICES or CPU."""
     max_request_bytes: int = 1024 * 1024

@@ -20,7 +20,9 @@ def claim(db: Database, job_id: uuid.UUID, *, attempt_id: str, worker: str, leas
     with db.transaction() as cur:
         cur.execute(
             "SELECT status, cancel_requested, attempts, lease_owner,"
-            " lease_expires_at > now() AS lease_live FROM training_jobs WHERE id = %s FOR UPDATE",
+            " lease_expires_at > now() AS lease_live,"
+            " extract(epoch FROM lease_expires_at - now())::float AS lease_left"
+            " FROM training_jobs WHERE id = %s FOR UPDATE",
             (job_id,),
         )
         row = cur.fetchone()
@@ -32,7 +34,7 @@ def claim(db: Database, job_id: uuid.UUID, *, attempt_id: str, worker: str, leas
             _end(cur, job_id, "cancelled", "Job cancelled before it started.")
             return ClaimResult(Claim.CANCELLED)
         if row["status"] == "running" and row["lease_live"]:
-            return ClaimResult(Claim.LEASED)
+            return ClaimResult(Claim.LEASED, lease_seconds_left=row["lease_left"])
         if row["attempts"] >= max_attempts:
             _end(cur, job_id, "failed", f"Job failed after {row['attempts']} attempts.",
                  error=("max_attempts", f"The job was started {row['attempts']} times without finishing."))

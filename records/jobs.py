@@ -55,6 +55,8 @@ class ClaimResult:
 
     outcome: Claim
     job: dict[str, Any] | None = None
+    lease_seconds_left: float = 0.0
+    """When LEASED: how long the other attempt's lease still runs unless renewed."""
 
 
 def add_event(cur, job_id: uuid.UUID, type_: str, message: str, level: str = "info",

@@ -31,7 +31,7 @@ JOB = {
     "trainer_type": "lora",
     "base_model": MODEL_NAME,
     "dataset_path": DATASET.name,
-    "hyperparameters": {"max_steps": 60, "learning_rate": 3e-3, "batch_size": 4, "max_seq_length": 256,
+    "hyperparameters": {"max_steps": 200, "learning_rate": 1e-2, "batch_size": 4, "max_seq_length": 256,
                         "lora_rank": 8, "lora_alpha": 16, "target_modules": "all-linear"},
     "metadata": {"source": "make demo"},
 }
@@ -155,7 +155,8 @@ def run_job(url: str, password: str) -> int:
     metrics = job["metrics"]
     print(f"Job completed in {metrics.get('train_runtime_seconds', 0):.1f}s on {job['worker']}.")
     print(f"Adapter: {job['adapter_path']}")
-    print(f"Final metrics: train_loss {metrics['train_loss']:.4f}, trained_tokens {metrics['trained_tokens']},"
+    print(f"Final metrics: train_loss {metrics['train_loss']:.4f} (mean over the run; last step"
+          f" {metrics['last_loss']:.4f}), trained_tokens {metrics['trained_tokens']},"
           f" tokens_per_second {metrics['tokens_per_second']:.1f}")
     print("Download it: curl -H 'Authorization: Bearer ...' -o adapter.tar.gz"
           f" {url}/api/training/jobs/{job['id']}/adapter")

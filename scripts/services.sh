@@ -40,10 +40,16 @@ if ! pg_up; then
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Not running and not installed here: ${missing[*]}. Start them with:" >&2
+  echo "  cp .env.example .env   # then fill in its secrets" >&2
   echo "  docker compose up -d redis postgres" >&2
+  echo "and point Clara at them: CLARA_DATABASE_URL=postgresql://clara:<POSTGRES_PASSWORD>@127.0.0.1:5432/clara" >&2
   exit 1
 fi
-if ! psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DATABASE'" postgres | grep -q 1; then
+# A local server with the postgres superuser (as in development and CI) gets Clara's database made
+# for it; a server from docker compose already has it, owned by its own user.
+exists=$(psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -tAc \
+  "SELECT 1 FROM pg_database WHERE datname = '$PG_DATABASE'" postgres 2>/dev/null || echo unknown)
+if [ -z "$exists" ]; then
   echo "Creating database $PG_DATABASE."
   psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "CREATE DATABASE \"$PG_DATABASE\"" postgres
 fi

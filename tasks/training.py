@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from records import attempts
 from records.db import Database, DatabaseUnavailable
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 PROGRESS_WRITE_SECONDS = 1.0
 CANCEL_CHECK_SECONDS = 1.0
 PROGRESS_EVENTS_PER_JOB = 20
+LEASE_GRACE_SECONDS = 2.0
 
 _database: Database | None = None
 
@@ -45,7 +47,7 @@ def reset_database() -> None:
         _database.reset()
 
 
-@shared_task(bind=True, name="clara.train_job")
+@shared_task(bind=True, name="clara.train_job", max_retries=None)
 def train_job(self, job_id: str) -> dict[str, Any]:
     """Train the job with this id; the job row, not this task's result, is the record."""
     settings: Settings = self.app.clara_settings
@@ -55,7 +57,12 @@ def train_job(self, job_id: str) -> dict[str, Any]:
         # Flower and AsyncResult show this; PostgreSQL remains the truth.
         self.update_state(state="PROGRESS", meta=meta)
 
-    return run_training_job(database(settings), settings, uuid.UUID(job_id), worker=worker, publish=publish)
+    summary = run_training_job(database(settings), settings, uuid.UUID(job_id), worker=worker, publish=publish)
+    if summary["outcome"] == Claim.LEASED.value:
+        # Another attempt holds the job, or held it before its worker died. Look again once its lease
+        # would have lapsed: a live attempt will have renewed it, a dead one has left the job to us.
+        raise self.retry(countdown=summary["retry_in"])
+    return summary
 
 
 def run_training_job(db: Database, settings: Settings, job_id: uuid.UUID, *, worker: str,
@@ -64,6 +71,10 @@ def run_training_job(db: Database, settings: Settings, job_id: uuid.UUID, *, wor
     attempt_id = uuid.uuid4().hex
     claim = attempts.claim(db, job_id, attempt_id=attempt_id, worker=worker,
                            lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    if claim.outcome is Claim.LEASED:
+        retry_in = max(1.0, claim.lease_seconds_left) + LEASE_GRACE_SECONDS
+        logger.info("Job %s is held by another attempt; looking again in %.0f seconds.", job_id, retry_in)
+        return {"job_id": str(job_id), "outcome": claim.outcome.value, "retry_in": retry_in}
     if claim.outcome is not Claim.CLAIMED:
         logger.info("Delivery of job %s not run: %s.", job_id, claim.outcome.value)
         return {"job_id": str(job_id), "outcome": claim.outcome.value}
@@ -98,6 +109,9 @@ def _train(job: dict[str, Any], settings: Settings, reporter: JobReporter) -> tu
         return "failed", f"Job failed: {exc}", {"error": ("invalid_configuration", str(exc))}
     except ModelLoadError as exc:
         return "failed", f"Job failed: {exc}", {"error": ("model_load_failed", str(exc))}
+    except SoftTimeLimitExceeded:
+        message = f"The job ran longer than its time limit of {settings.job_time_limit} seconds."
+        return "failed", f"Job failed: {message}", {"error": ("time_limit", message)}
     except Exception as exc:
         logger.exception("Training job %s failed.", job["id"])
         message = f"{type(exc).__name__}: {exc}"

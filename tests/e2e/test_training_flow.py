@@ -110,3 +110,26 @@ def test_cancel_a_running_job_and_a_queued_one(stack, storage, settings_override
     time.sleep(2)
     after = requests.get(f"{stack.url}/api/training/jobs/{queued['id']}", headers=admin, timeout=10).json()
     assert after["status"] == "cancelled" and after["attempts"] == 0 and after["started_at"] is None
+
+
+def test_a_job_whose_worker_child_is_killed_is_delivered_again_and_completes(stack, storage):
+    import os
+    import signal
+
+    admin = stack.login()
+    body = {"job_name": "survivor", "base_model": "tiny-llama", "dataset_path": _write_dataset(storage["data"]),
+            "hyperparameters": {"max_steps": 400, "batch_size": 1, "max_seq_length": 64}}
+    job = requests.post(f"{stack.url}/api/training/jobs", headers=admin, json=body, timeout=30).json()
+    running = stack.wait_for_job(admin, job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 2,
+                                 timeout=120)
+    child_pid = int(running["worker"].rsplit("/", 1)[1])
+    os.kill(child_pid, signal.SIGKILL)
+
+    done = stack.wait_for_job(admin, job["id"], lambda j: j["is_terminal"], timeout=300)
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 2 and done["worker"] != running["worker"]
+    assert done["progress"]["step"] == 400
+    events = requests.get(f"{stack.url}/api/training/jobs/{job['id']}/events?limit=1000", headers=admin,
+                          timeout=10).json()["data"]
+    started = [e["message"] for e in events if e["message"].startswith("Attempt ")]
+    assert len(started) == 2 and started[1].startswith("Attempt 2 started")

@@ -76,10 +76,14 @@ def test_missing_base_model_fails_with_a_clear_reason(db, settings, new_job, sto
     assert failed["status"] == "failed" and "base_model" in failed["error_message"]
 
 
-def test_a_live_lease_keeps_a_second_delivery_out(db, new_job):
+def test_a_live_lease_keeps_a_second_delivery_out(db, settings, new_job):
     job = new_job()
-    assert _claim(db, job["id"], "first").outcome is Claim.CLAIMED
+    assert _claim(db, job["id"], "first", lease=settings.lease_seconds).outcome is Claim.CLAIMED
     assert _claim(db, job["id"], "second").outcome is Claim.LEASED
+    summary = run_training_job(db, settings, job["id"], worker="second-worker")
+    assert summary["outcome"] == "leased"
+    # The second delivery looks again just after the lease would lapse, not before and not much later.
+    assert settings.lease_seconds < summary["retry_in"] <= settings.lease_seconds + 3
     assert jobs.get_job(db, job["id"])["attempts"] == 1
 
 

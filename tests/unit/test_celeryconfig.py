@@ -31,3 +31,10 @@ def test_training_task_is_routed_to_the_gpu_queue():
 def test_one_child_per_gpu():
     assert celeryconfig.build(load({"gpu_ids": ("0", "1", "2")}, environ={}))["worker_concurrency"] == 3
     assert celeryconfig.build(load(environ={}))["worker_concurrency"] == 1
+
+
+def test_training_has_a_soft_and_a_hard_time_limit_inside_the_visibility_timeout():
+    config = celeryconfig.build(load({"job_time_limit": 3600}, environ={}))
+    limits = config["task_annotations"]["clara.train_job"]
+    assert limits["soft_time_limit"] == 3600
+    assert 3600 < limits["time_limit"] < config["broker_transport_options"]["visibility_timeout"]
