@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install services demo test test-unit test-integration test-e2e api worker flower tiny-model clean
+.PHONY: install services demo test test-unit test-integration test-e2e lint api worker flower tiny-model clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ test-integration: install services
 
 test-e2e: install services
 	$(PY) -m pytest tests/e2e
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 api: install
 	$(PY) -m api

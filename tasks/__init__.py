@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 import celeryconfig
 import settings as clara_settings
@@ -24,6 +24,22 @@ def make_celery(settings: Settings, set_as_current: bool = True) -> Celery:
 
 
 app = make_celery(clara_settings.load())
+
+
+@worker_init.connect
+def _prepare_worker(**_: Any) -> None:
+    """Bring the schema up to date, so a worker host may start before any API."""
+    from records import migrations
+    from records.db import Database, DatabaseUnavailable
+
+    clara_settings.configure_logging(app.clara_settings)
+    db = Database(app.clara_settings.database_url, max_connections=1)
+    try:
+        migrations.apply(db)
+    except DatabaseUnavailable as exc:
+        logger.warning("Could not apply migrations at worker start (%s); jobs wait for PostgreSQL.", exc)
+    finally:
+        db.reset()
 
 
 @worker_process_init.connect
