@@ -163,6 +163,9 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCa
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # The final norm bounds the hidden state and LoRA leaves lm_head alone, so with Llama's usual 0.02
+        # the logits can hardly leave uniform; wider weights leave LoRA room to show that it learns.
+        initializer_range=0.1,
     )
     # fork_rng keeps the caller's global random state untouched.
     with torch.random.fork_rng(devices=[]):
