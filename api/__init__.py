@@ -36,6 +36,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api",
         OPENAPI_JSON_PATH="openapi.json",
+        # Every route needs a bearer token unless its own documentation says otherwise.
+        API_SPEC_OPTIONS={"security": [{"bearerAuth": []}]},
     )
     app.extensions["clara_settings"] = settings
     app.extensions["clara_db"] = Database(settings.database_url)
@@ -45,7 +47,6 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
 
     api = ClaraApi(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
-    app.config["API_SPEC_OPTIONS"] = {"security": [{"bearerAuth": []}]}
     configure_jwt(app, settings)
     register_error_handlers(app)
     for module in (sessions, users, training, health):

@@ -93,7 +93,7 @@ def _validation_response(status: int, messages: dict[str, Any]) -> ResponseRetur
     for location_messages in messages.values():
         for name, problems in flatten_messages(location_messages).items():
             fields[name] = problems
-    summary = "; ".join(f"{name}: {' '.join(problems)}" for name, problems in fields.items())
+    summary = " ".join(f"{name}: {' '.join(problems)}" for name, problems in fields.items())
     return error_response(status, f"Invalid request. {summary}", "validation_error", {"fields": fields})
 
 

@@ -19,6 +19,7 @@ TRAINING_QUEUE = "gpu"
 
 
 @blp.route("/health", methods=["GET"])
+@blp.doc(security=[])
 @blp.response(200)
 def health() -> dict:
     """Liveness: the API process answers. Never fails because a dependency is down."""
@@ -67,6 +68,7 @@ def _check_workers() -> str | None:
 
 
 @blp.route("/ready", methods=["GET"])
+@blp.doc(security=[])
 @blp.response(200)
 @blp.alt_response(503, description="A dependency is down; the body names it.")
 def ready():

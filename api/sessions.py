@@ -9,7 +9,7 @@ from flask_jwt_extended import current_user, decode_token, get_jwt, jwt_required
 from flask_smorest import Blueprint
 from jwt.exceptions import PyJWTError
 
-from api.errors import ApiError
+from api.errors import ApiError, ErrorSchema
 from api.schemas import LoginSchema, LogoutSchema, TokenSchema, UserSchema
 from auth.tokens import issue_tokens, revoke_session, revoke_token
 from auth.users import authenticate
@@ -20,9 +20,10 @@ blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Log in, r
 
 
 @blp.route("/login", methods=["POST"])
+@blp.doc(security=[])
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
-@blp.alt_response(401, description="Wrong username or password.")
+@blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password.")
 def login(credentials: dict) -> dict:
     """Exchange a username and password for an access and a refresh token."""
     user = authenticate(current_app.extensions["clara_db"], credentials["username"], credentials["password"])

@@ -13,7 +13,7 @@ from flask import Response, current_app, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
-from api.errors import ApiError
+from api.errors import ApiError, ErrorSchema
 from api.paths import PathRejected, resolve_base_model, resolve_dataset
 from api.schemas import (
     EventListQuerySchema,
@@ -65,8 +65,8 @@ def _field_error(field: str, message: str) -> ApiError:
 @roles_required("admin", "trainer")
 @blp.arguments(JobCreateSchema)
 @blp.response(202, JobSchema)
-@blp.alt_response(422, description="A field is invalid; the response names it.")
-@blp.alt_response(503, description="The database or the job queue is unavailable; nothing was queued.")
+@blp.alt_response(422, schema=ErrorSchema, description="A field is invalid; the response names it.")
+@blp.alt_response(503, schema=ErrorSchema, description="The database or the queue is down; nothing was queued.")
 def submit(body: dict) -> dict:
     """Submit a training job; it is queued for a GPU worker and answered at once."""
     settings = _settings()
@@ -82,7 +82,7 @@ def submit(body: dict) -> dict:
     except PathRejected as exc:
         problems["dataset_path"] = [str(exc)]
     if problems:
-        summary = "; ".join(f"{name}: {messages[0]}" for name, messages in problems.items())
+        summary = " ".join(f"{name}: {messages[0]}." for name, messages in problems.items())
         raise ApiError(422, f"Invalid request. {summary}", "validation_error", {"fields": problems})
     job = jobs.create_job(
         _db(), job_name=body["job_name"], trainer_type=body["trainer_type"], base_model=base_model,
@@ -168,7 +168,7 @@ def _cancel(job_id: uuid.UUID) -> dict:
 @blp.route("/<uuid:job_id>/cancel", methods=["POST"])
 @roles_required("admin", "trainer")
 @blp.response(200, JobSchema)
-@blp.alt_response(409, description="The job already ended.")
+@blp.alt_response(409, schema=ErrorSchema, description="The job already ended.")
 def cancel(job_id: uuid.UUID) -> dict:
     """Cancel a job: a queued job never starts, a running one stops at its next step."""
     return _cancel(job_id)
@@ -177,7 +177,7 @@ def cancel(job_id: uuid.UUID) -> dict:
 @blp.route("/<uuid:job_id>", methods=["DELETE"])
 @roles_required("admin", "trainer")
 @blp.response(200, JobSchema)
-@blp.alt_response(409, description="The job already ended.")
+@blp.alt_response(409, schema=ErrorSchema, description="The job already ended.")
 def delete(job_id: uuid.UUID) -> dict:
     """Cancel a job (the same as POST .../cancel); its record stays."""
     return _cancel(job_id)
@@ -186,7 +186,7 @@ def delete(job_id: uuid.UUID) -> dict:
 @blp.route("/<uuid:job_id>/adapter", methods=["GET"])
 @jwt_required()
 @blp.response(200, {"format": "binary", "type": "string"}, content_type="application/gzip")
-@blp.alt_response(409, description="The job has no adapter (yet).")
+@blp.alt_response(409, schema=ErrorSchema, description="The job has no adapter (yet).")
 def adapter(job_id: uuid.UUID) -> Response:
     """Download the trained adapter directory as a .tar.gz."""
     job = _load_visible(job_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import current_app
 from flask_smorest import Blueprint
 
-from api.errors import ApiError
+from api.errors import ApiError, ErrorSchema
 from api.schemas import UserCreateSchema, UserListQuerySchema, UserListSchema, UserSchema
 from auth.tokens import roles_required
 from auth.users import UsernameTaken, create_user, list_users
@@ -17,7 +17,7 @@ blp = Blueprint("users", __name__, url_prefix="/api/users", description="Create 
 @roles_required("admin")
 @blp.arguments(UserCreateSchema)
 @blp.response(201, UserSchema)
-@blp.alt_response(409, description="The username is taken.")
+@blp.alt_response(409, schema=ErrorSchema, description="The username is taken.")
 def create(body: dict) -> dict:
     """Create a user with a role among admin, trainer and analyst."""
     try:
