@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg2 import sql
 from psycopg2.extras import Json
 
 from records.db import Database
@@ -24,6 +25,22 @@ _JOB_COLUMNS = """
     j.task_id, j.cancel_requested
 """
 _JOB_FROM = "training_jobs j JOIN users u ON u.id = j.owner_id"
+
+
+@dataclass(frozen=True)
+class JobTable:
+    """Where one kind of job lives: its table and its events table."""
+
+    table: str
+    events: str
+
+    def query(self, text: str) -> sql.Composed:
+        """Fill {table} and {events} in a statement with the quoted table names."""
+        return sql.SQL(text).format(table=sql.Identifier(self.table), events=sql.Identifier(self.events))
+
+
+TRAINING = JobTable("training_jobs", "job_events")
+DATASETS = JobTable("dataset_jobs", "dataset_events")
 
 
 class JobNotFound(LookupError):
@@ -60,10 +77,10 @@ class ClaimResult:
 
 
 def add_event(cur, job_id: uuid.UUID, type_: str, message: str, level: str = "info",
-              data: dict[str, Any] | None = None) -> None:
+              data: dict[str, Any] | None = None, kind: JobTable = TRAINING) -> None:
     """Append one event to a job's history inside the caller's transaction."""
     cur.execute(
-        "INSERT INTO job_events (job_id, type, level, message, data) VALUES (%s, %s, %s, %s, %s)",
+        kind.query("INSERT INTO {events} (job_id, type, level, message, data) VALUES (%s, %s, %s, %s, %s)"),
         (job_id, type_, level, message, Json(data or {})),
     )
 
@@ -83,31 +100,31 @@ def create_job(db: Database, *, job_name: str, trainer_type: str, base_model: st
     return get_job(db, job_id)
 
 
-def mark_queued(db: Database, job_id: uuid.UUID, task_id: str) -> None:
+def mark_queued(db: Database, job_id: uuid.UUID, task_id: str, kind: JobTable = TRAINING) -> None:
     """Record that the job's task is on the broker; a worker that already took it wins."""
     with db.transaction() as cur:
         cur.execute(
-            "UPDATE training_jobs SET task_id = %s,"
-            " status = CASE WHEN status = 'pending' THEN 'queued' ELSE status END WHERE id = %s"
-            " RETURNING status",
+            kind.query("UPDATE {table} SET task_id = %s,"
+                       " status = CASE WHEN status = 'pending' THEN 'queued' ELSE status END WHERE id = %s"
+                       " RETURNING status"),
             (task_id, job_id),
         )
         row = cur.fetchone()
         if row and row["status"] == "queued":
-            add_event(cur, job_id, "status", "Job queued.", data={"status": "queued"})
+            add_event(cur, job_id, "status", "Job queued.", data={"status": "queued"}, kind=kind)
 
 
-def mark_enqueue_failed(db: Database, job_id: uuid.UUID, reason: str) -> None:
+def mark_enqueue_failed(db: Database, job_id: uuid.UUID, reason: str, kind: JobTable = TRAINING) -> None:
     """End a job that never reached the broker, so it does not sit pending forever."""
     with db.transaction() as cur:
         cur.execute(
-            "UPDATE training_jobs SET status = 'failed', finished_at = now(), error_code = 'broker_unavailable',"
-            " error_message = %s WHERE id = %s AND status = 'pending'",
+            kind.query("UPDATE {table} SET status = 'failed', finished_at = now(),"
+                       " error_code = 'broker_unavailable', error_message = %s WHERE id = %s AND status = 'pending'"),
             (reason, job_id),
         )
         if cur.rowcount:
             add_event(cur, job_id, "status", f"Job could not be queued: {reason}", level="error",
-                      data={"status": "failed"})
+                      data={"status": "failed"}, kind=kind)
 
 
 def get_job(db: Database, job_id: uuid.UUID, owner_id: int | None = None) -> dict[str, Any]:
@@ -155,45 +172,46 @@ def list_jobs(db: Database, *, owner_id: int | None, status: str | None, limit: 
     return rows[:limit], len(rows) > limit
 
 
-def list_events(db: Database, job_id: uuid.UUID, *, after: int | None, limit: int
+def list_events(db: Database, job_id: uuid.UUID, *, after: int | None, limit: int, kind: JobTable = TRAINING
                 ) -> tuple[list[dict[str, Any]], bool]:
     """Return a job's events in the order they happened, after the given event id."""
     with db.transaction() as cur:
         cur.execute(
-            "SELECT id, created_at, level, type, message, data FROM job_events"
-            " WHERE job_id = %s AND id > %s ORDER BY id LIMIT %s",
+            kind.query("SELECT id, created_at, level, type, message, data FROM {events}"
+                       " WHERE job_id = %s AND id > %s ORDER BY id LIMIT %s"),
             (job_id, after or 0, limit + 1),
         )
         rows = [dict(row) for row in cur.fetchall()]
     return rows[:limit], len(rows) > limit
 
 
-def request_cancel(db: Database, job_id: uuid.UUID, owner_id: int | None = None) -> dict[str, Any]:
+def request_cancel(db: Database, job_id: uuid.UUID, owner_id: int | None = None,
+                   kind: JobTable = TRAINING) -> None:
     """Record a cancel; a job not yet running ends cancelled at once, a running one at its next step."""
     with db.transaction() as cur:
-        query = "SELECT status, cancel_requested FROM training_jobs WHERE id = %s"
-        params: list[Any] = [job_id]
-        if owner_id is not None:
-            query += " AND owner_id = %s"
-            params.append(owner_id)
-        cur.execute(query + " FOR UPDATE", params)
+        cur.execute(
+            kind.query("SELECT status, cancel_requested FROM {table}"
+                       " WHERE id = %s AND (%s::bigint IS NULL OR owner_id = %s) FOR UPDATE"),
+            (job_id, owner_id, owner_id),
+        )
         row = cur.fetchone()
         if row is None:
             raise JobNotFound(str(job_id))
         if row["status"] in TERMINAL_STATUSES:
             raise JobNotCancellable(row["status"])
         if row["status"] == "running":
-            cur.execute("UPDATE training_jobs SET cancel_requested = true WHERE id = %s", (job_id,))
+            cur.execute(kind.query("UPDATE {table} SET cancel_requested = true WHERE id = %s"), (job_id,))
             if not row["cancel_requested"]:
-                add_event(cur, job_id, "status", "Cancellation requested; the job stops at its next step.")
+                add_event(cur, job_id, "status", "Cancellation requested; the job stops at its next step.",
+                          kind=kind)
         else:
             cur.execute(
-                "UPDATE training_jobs SET cancel_requested = true, status = 'cancelled', finished_at = now(),"
-                " lease_owner = NULL, lease_expires_at = NULL WHERE id = %s",
+                kind.query("UPDATE {table} SET cancel_requested = true, status = 'cancelled', finished_at = now(),"
+                           " lease_owner = NULL, lease_expires_at = NULL WHERE id = %s"),
                 (job_id,),
             )
-            add_event(cur, job_id, "status", "Job cancelled before it started.", data={"status": "cancelled"})
-    return get_job(db, job_id)
+            add_event(cur, job_id, "status", "Job cancelled before it started.", data={"status": "cancelled"},
+                      kind=kind)
 
 
 def count_active(db: Database) -> int:

@@ -19,6 +19,7 @@ from records import attempts
 from records.db import Database, DatabaseUnavailable
 from records.jobs import Claim
 from settings import Settings
+from tasks.leases import LeaseKeeper
 from trainers.config import LoraHyperparameters, TrainingConfigError
 from trainers.progress import TrainingProgress
 
@@ -117,7 +118,8 @@ def _train(job: dict[str, Any], settings: Settings, reporter: JobReporter) -> tu
         message = f"{type(exc).__name__}: {exc}"
         return "failed", f"Job failed: {message}", {"error": ("training_error", message)}
     if result.status == "completed":
-        return "completed", "Job completed.", {"metrics": result.metrics, "adapter_path": str(result.adapter_dir)}
+        return "completed", "Job completed.", {"metrics": result.metrics,
+                                               "columns": {"adapter_path": str(result.adapter_dir)}}
     step = reporter.last_step
     return "cancelled", f"Job cancelled at step {step}.", {"metrics": result.metrics}
 
@@ -179,37 +181,3 @@ class JobReporter:
             except DatabaseUnavailable as exc:
                 logger.warning("Could not check job %s for a cancel: %s", self.job_id, exc)
         return self._stop or self._lost_lease.is_set()
-
-
-class LeaseKeeper:
-    """Renews the attempt's lease on its job from a background thread while training runs."""
-
-    def __init__(self, db: Database, job_id: uuid.UUID, attempt_id: str, lease_seconds: int,
-                 on_lost: Callable[[], None]) -> None:
-        self.db = db
-        self.job_id = job_id
-        self.attempt_id = attempt_id
-        self.lease_seconds = lease_seconds
-        self.on_lost = on_lost
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-
-    def start(self) -> None:
-        """Begin renewing."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop renewing and wait for the thread."""
-        self._stopped.set()
-        self._thread.join(timeout=self.lease_seconds)
-
-    def _run(self) -> None:
-        # Renew well inside the lease so one slow renewal never lets it lapse.
-        while not self._stopped.wait(self.lease_seconds / 3):
-            try:
-                if not attempts.renew_lease(self.db, self.job_id, self.attempt_id, self.lease_seconds):
-                    logger.warning("Attempt %s lost its lease on job %s.", self.attempt_id, self.job_id)
-                    self.on_lost()
-                    return
-            except DatabaseUnavailable as exc:
-                logger.warning("Could not renew the lease on job %s: %s", self.job_id, exc)
