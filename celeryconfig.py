@@ -13,6 +13,7 @@ HARD_LIMIT_MARGIN_SECONDS = 300
 
 TASK_ROUTES = {
     "clara.train_*": {"queue": "gpu"},
+    "clara.build_*": {"queue": "cpu"},
 }
 
 

@@ -80,6 +80,28 @@ class Settings:
     """Seconds /ready waits for workers to answer."""
     log_level: str = "INFO"
     """Level of Clara's logs."""
+    datasets_dir: Path = Path("var/datasets")
+    """Built and uploaded datasets, one directory per dataset. Shared storage across hosts."""
+    max_upload_bytes: int = 512 * 1024**2
+    """Largest file POST /api/datasets/upload accepts."""
+    source_database_url: str = ""
+    """PostgreSQL holding the documents table that dataset builds read; empty means database_url."""
+    documents_table: str = "documents"
+    """The documents table: documents(id, title, content, metadata, created_at)."""
+    documents_columns: str = ""
+    """Other column names for an existing schema, as id=doc_id,title=name,content=body,... (empty: the defaults)."""
+    chroma_path: Path = Path("var/chroma")
+    """Directory of the embedded ChromaDB that dataset builds query."""
+    chroma_url: str = ""
+    """A ChromaDB server (http://host:port) to use instead of the embedded one."""
+    neo4j_uri: str = ""
+    """Neo4j (bolt:// or neo4j://) for neo4j dataset sources; empty means not configured."""
+    neo4j_user: str = "neo4j"
+    """Neo4j user."""
+    neo4j_password: str = ""
+    """Neo4j password."""
+    dataset_batch_size: int = 1000
+    """Documents a dataset build handles at a time; bounds its memory."""
     flower_basic_auth: str = ""
     """user:password for Flower; `make flower` refuses to start without it."""
 
@@ -102,7 +124,7 @@ class Settings:
                 problems.append("CLARA_FLOWER_BASIC_AUTH must look like user:password")
         for name in ("api_port", "access_token_minutes", "refresh_token_days", "job_time_limit",
                      "max_attempts", "lease_seconds", "max_concurrent_jobs", "max_request_bytes",
-                     "max_dataset_bytes"):
+                     "max_dataset_bytes", "max_upload_bytes", "dataset_batch_size"):
             if getattr(self, name) <= 0:
                 problems.append(f"CLARA_{name.upper()} must be positive")
         for name in ("broker_timeout", "ready_timeout"):
@@ -158,6 +180,9 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         data_dir=settings.data_dir.resolve(),
         models_dir=settings.models_dir.resolve(),
         output_dir=settings.output_dir.resolve(),
+        datasets_dir=settings.datasets_dir.resolve(),
+        chroma_path=settings.chroma_path.resolve(),
+        source_database_url=settings.source_database_url or settings.database_url,
         log_level=settings.log_level.upper(),
     )
     problems = settings.problems()

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from flask import Flask, current_app, request
 
-from api import health, sessions, training, users
+from api import datasets, health, sessions, training, users
 from api.errors import ApiError, ClaraApi, register_error_handlers
 from auth.tokens import configure_jwt
 from auth.users import bootstrap_admin
@@ -49,7 +49,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     configure_jwt(app, settings)
     register_error_handlers(app)
-    for module in (sessions, users, training, health):
+    for module in (sessions, users, training, datasets, health):
         api.register_blueprint(module.blp)
 
     app.extensions["clara_schema_ready"] = _prepare_database(app)

@@ -94,12 +94,21 @@ class JobCreateSchema(InputSchema):
     base_model = fields.String(required=True, validate=validate.Length(min=1, max=300),
                                metadata={"description": "A hub id, or a directory name under CLARA_MODELS_DIR.",
                                          "example": "tiny-llama"})
-    dataset_path = fields.String(required=True, validate=validate.Length(min=1, max=1000),
-                                 metadata={"description": "A JSONL file under CLARA_DATA_DIR.",
+    dataset_path = fields.String(validate=validate.Length(min=1, max=1000),
+                                 metadata={"description": "A JSONL file under CLARA_DATA_DIR (or give dataset_id).",
                                            "example": "demo-train.jsonl"})
+    dataset_id = fields.UUID(metadata={"description": "A completed dataset; its train split is trained on."})
     hyperparameters = fields.Nested(HyperparametersSchema, load_default=dict)
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=200)), load_default=dict,
                            validate=_metadata_size)
+
+    @ma.validates_schema
+    def _one_dataset(self, data: dict, **kwargs) -> None:
+        """A job trains on a file or on a dataset, never both."""
+        given = [name for name in ("dataset_path", "dataset_id") if data.get(name) is not None]
+        if len(given) != 1:
+            message = "Give exactly one of dataset_path and dataset_id."
+            raise ma.ValidationError({name: [message] for name in (given or ["dataset_path", "dataset_id"])})
 
     @ma.post_load
     def _defaults(self, data: dict, **kwargs) -> dict:
@@ -163,6 +172,7 @@ class JobSchema(ma.Schema):
     is_terminal = fields.Method("_is_terminal")
     base_model = fields.String()
     dataset_path = fields.String()
+    dataset_id = fields.UUID(allow_none=True)
     hyperparameters = fields.Dict()
     metadata = fields.Dict()
     owner = fields.String()

@@ -24,8 +24,9 @@ from api.schemas import (
     JobSchema,
 )
 from auth.tokens import roles_required
-from records import jobs
+from records import datasets, jobs
 from settings import Settings
+from trainers.record_format import dataset_problems
 
 logger = logging.getLogger(__name__)
 
@@ -77,21 +78,48 @@ def submit(body: dict) -> dict:
         base_model = resolve_base_model(settings, body["base_model"])
     except PathRejected as exc:
         problems["base_model"] = [str(exc)]
-    try:
-        dataset_path = resolve_dataset(settings, body["dataset_path"])
-    except PathRejected as exc:
-        problems["dataset_path"] = [str(exc)]
+    dataset_path = validation_path = None
+    if body.get("dataset_id") is not None:
+        try:
+            dataset_path, validation_path = _dataset_files(body["dataset_id"])
+        except PathRejected as exc:
+            problems["dataset_id"] = [str(exc)]
+    else:
+        try:
+            dataset_path = resolve_dataset(settings, body["dataset_path"])
+        except PathRejected as exc:
+            problems["dataset_path"] = [str(exc)]
     if problems:
         summary = " ".join(f"{name}: {messages[0]}." for name, messages in problems.items())
         raise ApiError(422, f"Invalid request. {summary}", "validation_error", {"fields": problems})
     job = jobs.create_job(
         _db(), job_name=body["job_name"], trainer_type=body["trainer_type"], base_model=base_model,
         dataset_path=str(dataset_path), hyperparameters=body["hyperparameters"], metadata=body["metadata"],
-        owner_id=current_user["id"],
+        owner_id=current_user["id"], dataset_id=body.get("dataset_id"),
+        validation_path=str(validation_path) if validation_path else None,
     )
     _enqueue(job["id"])
     logger.info("User %s submitted training job %s.", current_user["username"], job["id"])
     return jobs.get_job(_db(), job["id"])
+
+
+def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:
+    """The train and validation JSONL files of a completed dataset, checked like any dataset file."""
+    storage = datasets.storage_of(_db(), dataset_id)
+    if storage is None:
+        raise PathRejected(f"no completed dataset {dataset_id}")
+    settings = _settings()
+    directory = Path(storage).resolve()
+    if not directory.is_relative_to(settings.datasets_dir):
+        raise PathRejected("the dataset's files are outside the datasets directory")
+    train = directory / "train.jsonl"
+    if not train.is_file() or train.stat().st_size == 0:
+        raise PathRejected(f"dataset {dataset_id} has no training records")
+    problems = dataset_problems(train)
+    if problems:
+        raise PathRejected("has bad records: " + "; ".join(problems))
+    validation = directory / "validation.jsonl"
+    return train, validation if validation.is_file() and validation.stat().st_size else None
 
 
 def _enqueue(job_id: uuid.UUID) -> None:
@@ -149,7 +177,8 @@ def _cancel(job_id: uuid.UUID) -> dict:
     """Cancel a job the caller may cancel: trainers their own, admins any."""
     owner = current_user["id"] if current_user["role"] != "admin" else None
     try:
-        job = jobs.request_cancel(_db(), job_id, owner_id=owner)
+        jobs.request_cancel(_db(), job_id, owner_id=owner)
+        job = jobs.get_job(_db(), job_id)
     except jobs.JobNotFound:
         raise ApiError(404, f"No training job {job_id}.", "job_not_found") from None
     except jobs.JobNotCancellable as exc:

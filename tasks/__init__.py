@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 def make_celery(settings: Settings, set_as_current: bool = True) -> Celery:
     """Build a Celery app from Clara's settings; the settings ride along as `app.clara_settings`."""
-    app = Celery("clara", set_as_current=set_as_current, include=["tasks.training"])
+    app = Celery("clara", set_as_current=set_as_current, include=["tasks.training", "tasks.datasets"])
     app.config_from_object(celeryconfig.build(settings))
     app.clara_settings = settings
     return app

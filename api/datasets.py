@@ -1,0 +1,224 @@
+"""Datasets over HTTP: /api/datasets — builds from the document stores, uploads, previews and files."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+import marshmallow as ma
+from flask import current_app, send_file
+from flask_jwt_extended import current_user, jwt_required
+from flask_smorest import Blueprint
+
+from api.dataset_schemas import (
+    DatasetCreateSchema,
+    DatasetListQuerySchema,
+    DatasetListSchema,
+    DatasetSchema,
+    FileQuerySchema,
+    PreviewQuerySchema,
+    PreviewSchema,
+)
+from api.errors import ApiError, ErrorSchema
+from api.schemas import EventListQuerySchema, EventListSchema
+from auth.tokens import roles_required
+from records import datasets, jobs
+from records.jobs import DATASETS
+
+logger = logging.getLogger(__name__)
+
+blp = Blueprint("datasets", __name__, url_prefix="/api/datasets",
+                description="Build datasets from the document stores or uploads; preview and download them.")
+
+BUILD_TASK = "clara.build_dataset"
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
+
+
+def _db():
+    return current_app.extensions["clara_db"]
+
+
+def _settings():
+    return current_app.extensions["clara_settings"]
+
+
+def _load(dataset_id: uuid.UUID) -> dict:
+    """Every signed-in user reads every dataset: the team builds them for one another."""
+    try:
+        return datasets.get_dataset(_db(), dataset_id)
+    except jobs.JobNotFound:
+        raise ApiError(404, f"No dataset {dataset_id}.", "dataset_not_found") from None
+
+
+def _owner_scope(dataset: dict) -> int | None:
+    """Only the owner or an admin changes a dataset."""
+    if current_user["role"] == "admin":
+        return None
+    if dataset["owner_id"] != current_user["id"]:
+        raise ApiError(403, "Only the dataset's owner or an admin may do this.", "forbidden")
+    return current_user["id"]
+
+
+def spec_error(problems: list[str]) -> ApiError:
+    """A 422 naming each bad field of a build request."""
+    fields: dict[str, list[str]] = {}
+    for problem in problems:
+        name, _, message = problem.partition(": ")
+        fields.setdefault(name if message else "body", []).append(message or problem)
+    summary = " ".join(f"{name}: {' '.join(messages)}" for name, messages in fields.items())
+    return ApiError(422, f"Invalid request. {summary}", "validation_error", {"fields": fields})
+
+
+@blp.route("", methods=["POST"])
+@roles_required("admin", "trainer", "analyst")
+@blp.arguments(DatasetCreateSchema)
+@blp.response(202, DatasetSchema)
+@blp.alt_response(422, schema=ErrorSchema, description="A field is invalid; the response names it.")
+def create(body: dict) -> dict:
+    """Build a dataset; a CPU worker runs the build, and the dataset is answered at once."""
+    from dataset_builder.build import BuildSpecError, parse_spec
+    from tasks.datasets import source_context
+
+    try:
+        parse_spec(body, source_context(_db(), _settings()))
+    except BuildSpecError as exc:
+        raise spec_error(exc.problems) from None
+    dataset = datasets.create_dataset(_db(), name=body["name"], description=body["description"], kind="build",
+                                      spec=body, owner_id=current_user["id"])
+    _enqueue(dataset["id"])
+    logger.info("User %s started building dataset %s.", current_user["username"], dataset["id"])
+    return datasets.get_dataset(_db(), dataset["id"])
+
+
+def _enqueue(dataset_id: uuid.UUID) -> None:
+    """Publish the build task; if the broker cannot take it, end the job failed and answer 503."""
+    timeout = _settings().broker_timeout
+    try:
+        current_app.extensions["clara_celery"].send_task(
+            BUILD_TASK, args=[str(dataset_id)], task_id=str(dataset_id), retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": timeout / 4,
+                          "interval_max": timeout / 2},
+        )
+    except Exception as exc:  # kombu raises several types for a broker that is down or refusing.
+        logger.error("Could not queue dataset job %s: %s", dataset_id, exc)
+        jobs.mark_enqueue_failed(_db(), dataset_id, "the job queue was unavailable", kind=DATASETS)
+        raise ApiError(503, "The job queue is unavailable; the dataset was not queued. Try again shortly.",
+                       "broker_unavailable", {"dataset_id": str(dataset_id)}) from None
+    jobs.mark_queued(_db(), dataset_id, str(dataset_id), kind=DATASETS)
+
+
+@blp.route("", methods=["GET"])
+@jwt_required()
+@blp.arguments(DatasetListQuerySchema, location="query", unknown=ma.RAISE)
+@blp.response(200, DatasetListSchema)
+def index(query: dict) -> dict:
+    """List datasets, newest first; pass the last id of a page as `after` for the next."""
+    try:
+        rows, has_more = datasets.list_datasets(_db(), owner_id=None, status=query.get("status"),
+                                                limit=query["limit"], after=query.get("after"))
+    except jobs.UnknownCursor:
+        raise ApiError(422, "Invalid request. after: No dataset with this id.", "validation_error",
+                       {"fields": {"after": ["No dataset with this id."]}}) from None
+    return {"data": rows, "has_more": has_more}
+
+
+@blp.route("/<uuid:dataset_id>", methods=["GET"])
+@jwt_required()
+@blp.response(200, DatasetSchema)
+def show(dataset_id: uuid.UUID) -> dict:
+    """One dataset: status, progress and, once built, its manifest."""
+    return _load(dataset_id)
+
+
+@blp.route("/<uuid:dataset_id>/events", methods=["GET"])
+@jwt_required()
+@blp.arguments(EventListQuerySchema, location="query", unknown=ma.RAISE)
+@blp.response(200, EventListSchema)
+def events(query: dict, dataset_id: uuid.UUID) -> dict:
+    """A dataset job's events in order; pass the last event id as `after` to poll for new ones."""
+    _load(dataset_id)
+    rows, has_more = jobs.list_events(_db(), dataset_id, after=query.get("after"), limit=query["limit"],
+                                      kind=DATASETS)
+    return {"data": rows, "has_more": has_more}
+
+
+def _storage(dataset: dict) -> Path:
+    """The completed dataset's directory, checked to lie inside the datasets directory."""
+    if dataset["status"] != "completed" or not dataset["storage_path"]:
+        raise ApiError(409, f"Dataset {dataset['id']} has no files: its status is {dataset['status']}.",
+                       "dataset_not_ready")
+    directory = Path(dataset["storage_path"]).resolve()
+    if not directory.is_relative_to(_settings().datasets_dir) or not directory.is_dir():
+        raise ApiError(404, f"The files of dataset {dataset['id']} are no longer on disk.", "dataset_missing")
+    return directory
+
+
+@blp.route("/<uuid:dataset_id>/preview", methods=["GET"])
+@jwt_required()
+@blp.arguments(PreviewQuerySchema, location="query", unknown=ma.RAISE)
+@blp.response(200, PreviewSchema)
+def preview(query: dict, dataset_id: uuid.UUID) -> dict:
+    """The first records of a split, as the trainers will read them."""
+    from dataset_builder.export import read_preview
+
+    dataset = _load(dataset_id)
+    directory = _storage(dataset)
+    records = read_preview(directory, dataset["manifest"]["files"], query["split"], query["limit"])
+    return {"split": query["split"], "data": records}
+
+
+@blp.route("/<uuid:dataset_id>/files/<string:file_format>", methods=["GET"])
+@jwt_required()
+@blp.arguments(FileQuerySchema, location="query", unknown=ma.RAISE)
+@blp.response(200, {"format": "binary", "type": "string"})
+@blp.alt_response(404, schema=ErrorSchema, description="No such format or file.")
+def download(query: dict, dataset_id: uuid.UUID, file_format: str):
+    """Download one split in one format: jsonl, parquet or csv."""
+    dataset = _load(dataset_id)
+    directory = _storage(dataset)
+    entry = (dataset["manifest"].get("files") or {}).get(file_format, {}).get(query["split"])
+    if file_format not in MEDIA_TYPES or entry is None:
+        raise ApiError(404, f"Dataset {dataset_id} has no {file_format} file for split {query['split']}.",
+                       "file_not_found")
+    path = (directory / entry["path"]).resolve()
+    if not path.is_relative_to(directory) or not path.is_file():
+        raise ApiError(404, f"The {file_format} file of dataset {dataset_id} is no longer on disk.",
+                       "dataset_missing")
+    return send_file(path, mimetype=MEDIA_TYPES[file_format], as_attachment=True,
+                     download_name=f"{dataset['name']}-{query['split']}.{file_format}")
+
+
+@blp.route("/<uuid:dataset_id>/cancel", methods=["POST"])
+@roles_required("admin", "trainer", "analyst")
+@blp.response(200, DatasetSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="The build already ended.")
+def cancel(dataset_id: uuid.UUID) -> dict:
+    """Cancel a build: a queued one never starts, a running one stops after its current batch."""
+    owner = _owner_scope(_load(dataset_id))
+    try:
+        jobs.request_cancel(_db(), dataset_id, owner_id=owner, kind=DATASETS)
+    except jobs.JobNotCancellable as exc:
+        raise ApiError(409, f"The dataset job already ended ({exc}); there is nothing to cancel.",
+                       "job_not_cancellable") from None
+    return _load(dataset_id)
+
+
+@blp.route("/<uuid:dataset_id>", methods=["DELETE"])
+@roles_required("admin", "trainer", "analyst")
+@blp.response(204)
+@blp.alt_response(409, schema=ErrorSchema, description="A training job that is not over uses the dataset.")
+def delete(dataset_id: uuid.UUID) -> None:
+    """Delete a dataset and its files; a build still running is cancelled."""
+    owner = _owner_scope(_load(dataset_id))
+    try:
+        row = datasets.mark_deleted(_db(), dataset_id, owner)
+    except datasets.DatasetInUse:
+        raise ApiError(409, f"A training job that has not ended uses dataset {dataset_id}; cancel it or wait.",
+                       "dataset_in_use") from None
+    if row["storage_path"]:
+        directory = Path(row["storage_path"]).resolve()
+        if directory.is_relative_to(_settings().datasets_dir):
+            shutil.rmtree(directory, ignore_errors=True)
+    logger.info("User %s deleted dataset %s.", current_user["username"], dataset_id)

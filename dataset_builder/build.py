@@ -1,0 +1,207 @@
+"""One dataset build: sources, streamed in batches, through the quality pipeline, formatted, split, exported."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dataset_builder import BUILDER_VERSION
+from dataset_builder.export import DatasetWriter
+from dataset_builder.formatting import FormatSpec, format_document, token_estimate
+from dataset_builder.quality.pipeline import QualityConfig, QualityPipeline
+from dataset_builder.sources import SourceContext, read_source, source_problems
+from dataset_builder.split import SplitSpec, assign_split
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("jsonl", "parquet", "csv")
+MANIFEST_FILE = "manifest.json"
+KNOWN_KEYS = {"name", "description", "sources", "quality", "format", "split", "export_formats"}
+MAX_SOURCES = 20
+
+
+class BuildSpecError(ValueError):
+    """A build request is invalid; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class BuildSpec:
+    """A validated build request."""
+
+    name: str
+    description: str
+    sources: list[dict[str, Any]]
+    quality: QualityConfig
+    format: FormatSpec
+    split: SplitSpec
+    export_formats: list[str] = field(default_factory=lambda: list(EXPORT_FORMATS))
+
+
+@dataclass
+class BuildResult:
+    """How a build ended and, when it completed, its manifest."""
+
+    status: str
+    manifest: dict[str, Any] | None
+
+
+def parse_spec(data: Mapping[str, Any], context: SourceContext) -> BuildSpec:
+    """Check a whole build request, sources included, and raise one BuildSpecError listing every problem."""
+    problems = [f"{key}: unknown field" for key in data if key not in KNOWN_KEYS]
+    if not isinstance(data.get("name"), str) or not data.get("name", "").strip():
+        problems.append("name: must be a non-empty string")
+    sources = data.get("sources")
+    if not isinstance(sources, list) or not sources:
+        problems.append("sources: must be a non-empty list")
+        sources = []
+    elif len(sources) > MAX_SOURCES:
+        problems.append(f"sources: at most {MAX_SOURCES} sources")
+    for index, source in enumerate(sources):
+        if not isinstance(source, Mapping):
+            problems.append(f"sources[{index}]: must be an object")
+            continue
+        problems.extend(source_problems(source, context, index))
+    quality = _part(QualityConfig, data.get("quality", {}), "quality", problems)
+    fmt = _part(FormatSpec, data.get("format", {"kind": "text"}), "format", problems)
+    split = _part(SplitSpec, data.get("split", {}), "split", problems)
+    formats = data.get("export_formats", list(EXPORT_FORMATS))
+    if not isinstance(formats, list) or not formats or any(f not in EXPORT_FORMATS for f in formats):
+        problems.append(f"export_formats: must be a non-empty list of {', '.join(EXPORT_FORMATS)}")
+    elif "jsonl" not in formats:
+        # Training jobs and previews read the JSONL files.
+        problems.append("export_formats: must include jsonl")
+    if problems:
+        raise BuildSpecError(problems)
+    return BuildSpec(name=data["name"].strip(), description=str(data.get("description", "")),
+                     sources=[dict(s) for s in sources], quality=quality, format=fmt, split=split,
+                     export_formats=list(dict.fromkeys(formats)))
+
+
+def _part(kind: Any, data: Any, name: str, problems: list[str]) -> Any:
+    """Parse one part of the request, adding its problems under its name."""
+    if not isinstance(data, Mapping):
+        problems.append(f"{name}: must be an object")
+        return None
+    try:
+        part = kind.from_dict(data)
+    except ValueError as exc:
+        found = getattr(exc, "problems", None) or [str(exc)]
+        problems.extend(p if p.startswith(f"{name}.") or p.startswith(f"{name}:") else f"{name}.{p}" for p in found)
+        return None
+    for problem in part.problems():
+        problems.append(problem if problem.startswith(name) else f"{name}.{problem}")
+    return part
+
+
+def build_dataset(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceContext, out_dir: Path, *,
+                  on_progress: Callable[[dict[str, Any]], None] | None = None,
+                  should_stop: Callable[[], bool] = lambda: False) -> BuildResult:
+    """Build the dataset into out_dir (written beside it, renamed when complete) and return its manifest."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        result = _build_into(spec, raw_spec, context, partial, on_progress, should_stop)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if result.status != "completed":
+        shutil.rmtree(partial, ignore_errors=True)
+        return result
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    return result
+
+
+def _build_into(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceContext, out_dir: Path,
+                on_progress: Callable[[dict[str, Any]], None] | None,
+                should_stop: Callable[[], bool]) -> BuildResult:
+    """Stream every source through the pipeline into the writer; stop between batches when asked."""
+    started = time.monotonic()
+    pipeline = QualityPipeline(spec.quality)
+    writer = DatasetWriter(out_dir, spec.export_formats, spec.format.kind)
+    records = {"train": 0, "validation": 0}
+    unformatted = tokens = read = 0
+    seconds = {"read": 0.0, "format_split_export": 0.0}
+    for source in spec.sources:
+        batches = read_source(source, context)
+        while True:
+            tick = time.monotonic()
+            batch = next(batches, None)
+            seconds["read"] += time.monotonic() - tick
+            if batch is None:
+                break
+            if should_stop():
+                logger.info("Dataset build cancelled after %s documents.", read)
+                return BuildResult("cancelled", None)
+            read += len(batch)
+            kept = pipeline.process(batch)
+            tick = time.monotonic()
+            by_split: dict[str, list[dict[str, Any]]] = {"train": [], "validation": []}
+            for document in kept:
+                record = format_document(document, spec.format)
+                if record is None:
+                    unformatted += 1
+                    continue
+                tokens += token_estimate(record)
+                by_split[assign_split(record, spec.split.validation_fraction, spec.split.seed)].append(record)
+            for split, rows in by_split.items():
+                if rows:
+                    writer.write(split, rows)
+                    records[split] += len(rows)
+            seconds["format_split_export"] += time.monotonic() - tick
+            if on_progress is not None:
+                on_progress({"documents_read": read, "records_written": sum(records.values()),
+                             "elapsed_seconds": round(time.monotonic() - started, 3)})
+    tick = time.monotonic()
+    files = writer.close()
+    seconds["format_split_export"] += time.monotonic() - tick
+    manifest = _manifest(spec, raw_spec, pipeline.report(), records, files, unformatted, tokens, seconds,
+                         time.monotonic() - started)
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                                         encoding="utf-8")
+    return BuildResult("completed", manifest)
+
+
+def _manifest(spec: BuildSpec, raw_spec: Mapping[str, Any], report: dict[str, Any], records: dict[str, int],
+              files: dict[str, Any], unformatted: int, tokens: int, seconds: dict[str, float],
+              elapsed: float) -> dict[str, Any]:
+    """Everything a user needs to trust and reproduce the dataset."""
+    counts = dict(report["counts"])
+    counts["written"] = records["train"] + records["validation"]
+    # Identical requests on identical data give identical files, so the file hashes identify the content.
+    fingerprint = hashlib.sha256(json.dumps(
+        {fmt: {split: info["sha256"] for split, info in splits.items()} for fmt, splits in files.items()},
+        sort_keys=True).encode()).hexdigest()
+    return {
+        "name": spec.name,
+        "counts": counts,
+        "removed": {**report["removed"], "unformattable": unformatted},
+        "removed_by_filter": report.get("removed_by_filter", {}),
+        "changed": report.get("changed", {}),
+        "redactions": report["redactions"],
+        "records": records,
+        "token_estimate": tokens,
+        "files": files,
+        "fingerprint": fingerprint,
+        "format": spec.format.kind,
+        "seconds": {**report.get("seconds", {}), **{k: round(v, 3) for k, v in seconds.items()},
+                    "total": round(elapsed, 3)},
+        "spec": dict(raw_spec),
+        "created_at": datetime.now(UTC).isoformat(),
+        "builder_version": BUILDER_VERSION,
+    }

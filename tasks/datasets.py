@@ -1,0 +1,135 @@
+"""The dataset build task: take a dataset id, claim its row, run the builder, record the manifest."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import shared_task
+
+from records import attempts
+from records.datasets import storage_of
+from records.db import Database, DatabaseUnavailable
+from records.jobs import DATASETS, Claim
+from settings import Settings
+from tasks.leases import LeaseKeeper
+from tasks.training import LEASE_GRACE_SECONDS, database
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_RECORDS_FILE = "records.parquet"
+CANCEL_CHECK_SECONDS = 1.0
+
+
+@shared_task(bind=True, name="clara.build_dataset", max_retries=None)
+def build_dataset_job(self, dataset_id: str) -> dict[str, Any]:
+    """Build the dataset with this id; its row, not this task's result, is the record."""
+    settings: Settings = self.app.clara_settings
+    worker = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}"
+
+    def publish(meta: dict[str, Any]) -> None:
+        self.update_state(state="PROGRESS", meta=meta)
+
+    summary = run_dataset_job(database(settings), settings, uuid.UUID(dataset_id), worker=worker, publish=publish)
+    if summary["outcome"] == Claim.LEASED.value:
+        raise self.retry(countdown=summary["retry_in"])
+    return summary
+
+
+def source_context(db: Database, settings: Settings):
+    """The sources' view of the settings, with uploads resolved through their dataset rows."""
+    from dataset_builder.sources import context_from_settings
+
+    def upload_path(dataset_id: str) -> Path:
+        storage = storage_of(db, uuid.UUID(dataset_id))
+        if storage is None:
+            raise ValueError(f"no completed dataset {dataset_id}")
+        return Path(storage) / UPLOAD_RECORDS_FILE
+
+    return context_from_settings(settings, upload_path=upload_path)
+
+
+def run_dataset_job(db: Database, settings: Settings, dataset_id: uuid.UUID, *, worker: str,
+                    publish=None) -> dict[str, Any]:
+    """Claim the dataset job, build it, and record how it ended."""
+    from dataset_builder.build import BuildSpecError, build_dataset, parse_spec
+
+    attempt_id = uuid.uuid4().hex
+    claim = attempts.claim(db, dataset_id, attempt_id=attempt_id, worker=worker, kind=DATASETS,
+                           lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    if claim.outcome is Claim.LEASED:
+        return {"job_id": str(dataset_id), "outcome": claim.outcome.value,
+                "retry_in": max(1.0, claim.lease_seconds_left) + LEASE_GRACE_SECONDS}
+    if claim.outcome is not Claim.CLAIMED:
+        logger.info("Delivery of dataset job %s not run: %s.", dataset_id, claim.outcome.value)
+        return {"job_id": str(dataset_id), "outcome": claim.outcome.value}
+    lost = threading.Event()
+    lease = LeaseKeeper(db, dataset_id, attempt_id, settings.lease_seconds, on_lost=lost.set, kind=DATASETS)
+    watcher = _Watcher(db, dataset_id, attempt_id, lost, publish)
+    lease.start()
+    out_dir = settings.datasets_dir / str(dataset_id)
+    try:
+        context = source_context(db, settings)
+        spec = parse_spec(claim.job["spec"], context)
+        result = build_dataset(spec, claim.job["spec"], context, out_dir, on_progress=watcher.progress,
+                               should_stop=watcher.should_stop)
+        if result.status == "completed":
+            manifest = result.manifest
+            status, message, fields = "completed", "Dataset built.", {
+                "metrics": {"records": manifest["records"], "token_estimate": manifest["token_estimate"]},
+                "columns": {"manifest": manifest, "storage_path": str(out_dir)}}
+        else:
+            status, message, fields = "cancelled", "Dataset build cancelled.", {}
+    except BuildSpecError as exc:
+        status, message, fields = "failed", f"Dataset build failed: {exc}", {"error": ("invalid_spec", str(exc))}
+    except Exception as exc:
+        logger.exception("Dataset job %s failed.", dataset_id)
+        text = f"{type(exc).__name__}: {exc}"
+        status, message, fields = "failed", f"Dataset build failed: {text}", {"error": ("build_error", text)}
+    finally:
+        lease.stop()
+    attempts.finish(db, dataset_id, attempt_id, status, message, kind=DATASETS, **fields)
+    logger.info("Dataset job %s ended %s.", dataset_id, status)
+    return {"job_id": str(dataset_id), "outcome": status}
+
+
+class _Watcher:
+    """Carries build progress to the row and Celery, and the cancel flag back, at most once a second."""
+
+    def __init__(self, db: Database, dataset_id: uuid.UUID, attempt_id: str, lost: threading.Event,
+                 publish) -> None:
+        self.db, self.dataset_id, self.attempt_id, self.lost, self.publish = db, dataset_id, attempt_id, lost, publish
+        self._last_check = 0.0
+        self._last_write = 0.0
+        self._stop = False
+
+    def progress(self, progress: dict[str, Any]) -> None:
+        """Store the latest counts, throttled."""
+        if self.publish is not None:
+            self.publish({"dataset_id": str(self.dataset_id), **progress})
+        now = time.monotonic()
+        if now - self._last_write < 1.0:
+            return
+        self._last_write = now
+        try:
+            if not attempts.record_progress(self.db, self.dataset_id, self.attempt_id, progress, {}, kind=DATASETS):
+                self.lost.set()
+        except DatabaseUnavailable as exc:
+            logger.warning("Could not record progress of dataset job %s: %s", self.dataset_id, exc)
+
+    def should_stop(self) -> bool:
+        """True once the build was cancelled or this attempt lost the job."""
+        now = time.monotonic()
+        if not self._stop and now - self._last_check >= CANCEL_CHECK_SECONDS:
+            self._last_check = now
+            try:
+                self._stop = attempts.cancel_requested(self.db, self.dataset_id, kind=DATASETS)
+            except DatabaseUnavailable as exc:
+                logger.warning("Could not check dataset job %s for a cancel: %s", self.dataset_id, exc)
+        return self._stop or self.lost.is_set()
