@@ -16,7 +16,7 @@ from typing import Any
 
 from dataset_builder import BUILDER_VERSION
 from dataset_builder.export import DatasetWriter
-from dataset_builder.formatting import FormatSpec, format_document, token_estimate
+from dataset_builder.formatting import FormatCounts, FormatSpec, format_document, token_estimate
 from dataset_builder.quality.pipeline import QualityConfig, QualityPipeline
 from dataset_builder.sources import SourceContext, read_source, source_problems
 from dataset_builder.split import SplitSpec, assign_split
@@ -74,8 +74,9 @@ def parse_spec(data: Mapping[str, Any], context: SourceContext) -> BuildSpec:
             problems.append(f"sources[{index}]: must be an object")
             continue
         problems.extend(source_problems(source, context, index))
+    source_types = [s.get("type") for s in sources if isinstance(s, Mapping)]
     quality = _part(QualityConfig, data.get("quality", {}), "quality", problems)
-    fmt = _part(FormatSpec, data.get("format", {"kind": "text"}), "format", problems)
+    fmt = _part(FormatSpec, data.get("format", {"kind": "text"}), "format", problems, sources=source_types)
     split = _part(SplitSpec, data.get("split", {}), "split", problems)
     formats = data.get("export_formats", list(EXPORT_FORMATS))
     if not isinstance(formats, list) or not formats or any(f not in EXPORT_FORMATS for f in formats):
@@ -90,7 +91,7 @@ def parse_spec(data: Mapping[str, Any], context: SourceContext) -> BuildSpec:
                      export_formats=list(dict.fromkeys(formats)))
 
 
-def _part(kind: Any, data: Any, name: str, problems: list[str]) -> Any:
+def _part(kind: Any, data: Any, name: str, problems: list[str], **context: Any) -> Any:
     """Parse one part of the request, adding its problems under its name."""
     if not isinstance(data, Mapping):
         problems.append(f"{name}: must be an object")
@@ -101,7 +102,7 @@ def _part(kind: Any, data: Any, name: str, problems: list[str]) -> Any:
         found = getattr(exc, "problems", None) or [str(exc)]
         problems.extend(p if p.startswith(f"{name}.") or p.startswith(f"{name}:") else f"{name}.{p}" for p in found)
         return None
-    for problem in part.problems():
+    for problem in part.problems(**context):
         problems.append(problem if problem.startswith(name) else f"{name}.{problem}")
     return part
 
@@ -135,6 +136,7 @@ def _build_into(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceCon
     pipeline = QualityPipeline(spec.quality)
     writer = DatasetWriter(out_dir, spec.export_formats, spec.format.kind)
     records = {"train": 0, "validation": 0}
+    format_counts = FormatCounts()
     unformatted = tokens = read = 0
     seconds = {"read": 0.0, "format_split_export": 0.0}
     for source in spec.sources:
@@ -153,7 +155,7 @@ def _build_into(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceCon
             tick = time.monotonic()
             by_split: dict[str, list[dict[str, Any]]] = {"train": [], "validation": []}
             for document in kept:
-                record = format_document(document, spec.format)
+                record = format_document(document, spec.format, format_counts)
                 if record is None:
                     unformatted += 1
                     continue
@@ -172,6 +174,7 @@ def _build_into(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceCon
     seconds["format_split_export"] += time.monotonic() - tick
     manifest = _manifest(spec, raw_spec, pipeline.report(), records, files, unformatted, tokens, seconds,
                          time.monotonic() - started)
+    manifest["formatting"] = format_counts.to_dict()
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     return BuildResult("completed", manifest)

@@ -86,7 +86,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def storage(tmp_path: Path, tiny_model_dir: Path) -> dict[str, Path]:
     """Data, models and outputs directories with the tiny model and the example dataset in place."""
-    dirs = {name: tmp_path / name for name in ("data", "models", "outputs")}
+    dirs = {name: tmp_path / name for name in ("data", "models", "outputs", "datasets", "chroma")}
     for path in dirs.values():
         path.mkdir()
     shutil.copytree(tiny_model_dir, dirs["models"] / "tiny-llama")
@@ -105,6 +105,8 @@ def settings_overrides(database_url: str, redis_url: str, storage: dict[str, Pat
         "data_dir": storage["data"],
         "models_dir": storage["models"],
         "output_dir": storage["outputs"],
+        "datasets_dir": storage["datasets"],
+        "chroma_path": storage["chroma"],
         "allow_hub_models": False,
         "ready_timeout": 0.5,
         "broker_timeout": 2.0,
