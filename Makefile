@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install services demo test test-unit test-integration test-e2e lint api worker flower tiny-model clean
+.PHONY: install services demo demo-data test test-unit test-integration test-e2e lint bench-datasets api worker worker-cpu flower tiny-model clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,12 @@ services:
 
 demo: install services
 	$(PY) scripts/demo.py
+
+demo-data: install services
+	$(PY) -m dataset_builder.sample_corpus
+
+bench-datasets: install services
+	$(PY) benchmarks/bench_datasets.py
 
 test: install services
 	$(PY) -m pytest
@@ -41,6 +47,9 @@ api: install
 
 worker: install
 	$(VENV)/bin/celery -A tasks worker -Q gpu --loglevel INFO
+
+worker-cpu: install
+	$(VENV)/bin/celery -A tasks worker -Q cpu --concurrency 2 --loglevel INFO
 
 flower: install
 	@test -n "$$CLARA_FLOWER_BASIC_AUTH" || { echo "Set CLARA_FLOWER_BASIC_AUTH=user:password first; Flower never runs open."; exit 1; }

@@ -1,0 +1,100 @@
+"""Where a build's documents come from: the document stores a team already runs, or an upload.
+
+Every source type checks its request spec (`source_problems`) and reads its documents in batches
+(`read_source`); where the stores are comes from settings (`SourceContext`), never from a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from dataset_builder.documents import Document
+from dataset_builder.sources import chroma, neo4j_source, postgres, upload_source
+from dataset_builder.sources.context import DocumentTable, SourceContext, SourceError
+from dataset_builder.sources.neo4j_cypher import NodeFields
+from dataset_builder.sources.postgres import ensure_documents_table
+from dataset_builder.sources.uploads import stored_upload_path
+
+__all__ = [
+    "SOURCE_TYPES",
+    "DocumentTable",
+    "NodeFields",
+    "SourceContext",
+    "SourceError",
+    "SourceType",
+    "context_from_settings",
+    "ensure_documents_table",
+    "read_source",
+    "source_problems",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceType:
+    """How one type of source checks its spec and reads its documents."""
+
+    problems: Callable[[Mapping[str, Any], SourceContext, str], list[str]]
+    """(spec, context, prefix) -> problems, each starting with the prefix."""
+    read: Callable[[Mapping[str, Any], SourceContext], Iterator[list[Document]]]
+    """(valid spec, context) -> batches of documents."""
+
+
+SOURCE_TYPES: dict[str, SourceType] = {
+    "postgres": SourceType(postgres.spec_problems, postgres.read),
+    "chroma": SourceType(chroma.spec_problems, chroma.read),
+    "neo4j": SourceType(neo4j_source.spec_problems, neo4j_source.read),
+    "upload": SourceType(upload_source.spec_problems, upload_source.read),
+}
+
+
+def source_problems(spec: Mapping[str, Any], context: SourceContext, index: int) -> list[str]:
+    """Return every problem with the request's sources[index], each prefixed "sources[index]"."""
+    return _problems(spec, context, f"sources[{index}]")
+
+
+def read_source(spec: Mapping[str, Any], context: SourceContext) -> Iterator[list[Document]]:
+    """Return the batches of one source's documents, at most context.batch_size each; SourceError if invalid."""
+    # Checked here, not on the first batch, so a bad spec fails before a build starts writing.
+    problems = _problems(spec, context, "source")
+    if problems:
+        raise SourceError("; ".join(problems))
+    logger.info("Reading a %s source", spec["type"])
+    return SOURCE_TYPES[spec["type"]].read(spec, context)
+
+
+def _problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:
+    """Check the spec is an object of a known type, then let that type check the rest."""
+    if not isinstance(spec, Mapping):
+        return [f"{prefix}: must be an object"]
+    name = spec.get("type")
+    source_type = SOURCE_TYPES.get(name) if isinstance(name, str) else None
+    if source_type is None:
+        return [f"{prefix}.type: must be one of {', '.join(SOURCE_TYPES)}"]
+    return source_type.problems(spec, context, prefix)
+
+
+def context_from_settings(settings: Any, *, upload_path: Callable[[str], Path] | None = None,
+                          batch_size: int | None = None) -> SourceContext:
+    """Build the source context from Clara's settings; upload_path and batch_size replace theirs when given."""
+    # Without upload_path, an upload's records are at <datasets_dir>/<dataset id>/records.parquet.
+    datasets_dir = Path(getattr(settings, "datasets_dir", Path("var/datasets")))
+    table = DocumentTable.from_setting(getattr(settings, "documents_table", "documents"),
+                                       getattr(settings, "documents_columns", ""))
+    return SourceContext(
+        source_database_url=getattr(settings, "source_database_url", "") or settings.database_url,
+        documents_table=table,
+        chroma_path=str(getattr(settings, "chroma_path", Path("var/chroma"))),
+        chroma_url=getattr(settings, "chroma_url", "") or None,
+        neo4j_uri=getattr(settings, "neo4j_uri", "") or None,
+        neo4j_user=getattr(settings, "neo4j_user", "") or None,
+        neo4j_password=getattr(settings, "neo4j_password", "") or None,
+        upload_path=upload_path or partial(stored_upload_path, datasets_dir),
+        batch_size=batch_size or getattr(settings, "dataset_batch_size", 1000),
+    )

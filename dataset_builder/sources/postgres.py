@@ -1,0 +1,180 @@
+"""The postgres source: documents of an existing table, found by full-text search and filters.
+
+Only values from the request reach the database, and only as parameters; table and column names
+come from settings and are quoted as identifiers; the text-search configuration is picked from a
+whitelist. Rows stream through a server-side cursor, so a million-row read never sits in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime
+from typing import Any
+
+import psycopg2
+from psycopg2 import sql
+
+from dataset_builder.documents import Document
+from dataset_builder.sources.context import DocumentTable, SourceContext, SourceError
+from dataset_builder.sources.spec import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    integer_problems,
+    object_problems,
+    range_problems,
+    text_problems,
+    unknown_field_problems,
+)
+
+__all__ = ["DocumentTable", "LANGUAGES", "build_query", "ensure_documents_table", "read", "spec_problems"]
+
+logger = logging.getLogger(__name__)
+
+LANGUAGES = {"german": "german", "english": "english"}
+"""Request language -> PostgreSQL text-search configuration; the only configurations ever used."""
+DEFAULT_LANGUAGE = "german"
+FIELDS = ("query", "language", "metadata", "created_after", "created_before", "limit")
+
+
+def spec_problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:
+    """Return every problem with a postgres source spec."""
+    problems = unknown_field_problems(spec, FIELDS, prefix)
+    problems += text_problems(spec, "query", prefix)
+    if "language" in spec and spec["language"] not in LANGUAGES:
+        problems.append(f"{prefix}.language: must be one of {', '.join(LANGUAGES)}")
+    problems += object_problems(spec, "metadata", prefix)
+    problems += range_problems(spec, "created_after", "created_before", prefix)
+    problems += integer_problems(spec, "limit", 1, MAX_LIMIT, prefix)
+    if not context.source_database_url:
+        problems.append(f"{prefix}: postgres is not configured (set CLARA_SOURCE_DATABASE_URL)")
+    return problems
+
+
+def _text_vector(table: DocumentTable, config: sql.Composable) -> sql.Composed:
+    """The tsvector expression; queries and the index share it so the planner can use the index."""
+    return sql.SQL("to_tsvector({config}, coalesce({title}, '') || ' ' || coalesce({content}, ''))").format(
+        config=config, title=sql.Identifier(table.title), content=sql.Identifier(table.content)
+    )
+
+
+def build_query(spec: Mapping[str, Any], table: DocumentTable) -> tuple[sql.Composed, list[Any]]:
+    """Build the parameterised SELECT for a validated spec: filters, order by id, limit."""
+    conditions: list[sql.Composable] = []
+    params: list[Any] = []
+    if spec.get("query"):
+        config = LANGUAGES[spec.get("language", DEFAULT_LANGUAGE)]
+        conditions.append(
+            sql.SQL("{vector} @@ websearch_to_tsquery(%s::regconfig, %s)").format(
+                vector=_text_vector(table, sql.SQL("%s::regconfig"))
+            )
+        )
+        params += [config, config, spec["query"]]
+    if spec.get("metadata"):
+        conditions.append(sql.SQL("{} @> %s::jsonb").format(sql.Identifier(table.metadata)))
+        params.append(json.dumps(spec["metadata"]))
+    if "created_after" in spec:
+        conditions.append(sql.SQL("{} >= %s").format(sql.Identifier(table.created_at)))
+        params.append(spec["created_after"])
+    if "created_before" in spec:
+        conditions.append(sql.SQL("{} < %s").format(sql.Identifier(table.created_at)))
+        params.append(spec["created_before"])
+    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+    query = sql.SQL("SELECT {id}, {title}, {content}, {metadata}, {created_at} FROM {table}{where} "
+                    "ORDER BY {id} LIMIT %s").format(
+        id=sql.Identifier(table.id),
+        title=sql.Identifier(table.title),
+        content=sql.Identifier(table.content),
+        metadata=sql.Identifier(table.metadata),
+        created_at=sql.Identifier(table.created_at),
+        table=sql.Identifier(table.table),
+        where=where,
+    )
+    params.append(spec.get("limit", DEFAULT_LIMIT))
+    return query, params
+
+
+def read(spec: Mapping[str, Any], context: SourceContext) -> Iterator[list[Document]]:
+    """Yield the matching rows as documents, in batches of at most context.batch_size."""
+    table = context.documents_table
+    query, params = build_query(spec, table)
+    try:
+        conn = psycopg2.connect(context.source_database_url)
+    except psycopg2.OperationalError as error:
+        raise SourceError(f"postgres: cannot connect to the source database ({_first_line(error)})") from error
+    try:
+        # A read-only transaction: the source is someone else's system of record.
+        conn.set_session(readonly=True)
+        with conn.cursor(name=f"clara_source_{uuid.uuid4().hex[:12]}") as cursor:
+            cursor.itersize = context.batch_size
+            cursor.execute(query, params)
+            batch: list[Document] = []
+            for row in cursor:
+                batch.append(_document(row))
+                if len(batch) == context.batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+    except psycopg2.Error as error:
+        raise SourceError(f"postgres: cannot read table {table.table!r} ({_first_line(error)})") from error
+    finally:
+        conn.close()
+
+
+def _document(row: tuple[Any, ...]) -> Document:
+    """Turn one (id, title, content, metadata, created_at) row into a document."""
+    row_id, title, content, metadata, created_at = row
+    if isinstance(metadata, str):
+        # A text column arrives undecoded; json and jsonb arrive as dicts.
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            metadata = {}
+    if isinstance(created_at, (datetime, date)):
+        created_at = created_at.isoformat()
+    fields = {
+        "title": title or "",
+        "content": content or "",
+        "metadata": metadata if isinstance(metadata, dict) else {},
+        "created_at": created_at,
+    }
+    return Document(source="postgres", id=str(row_id), fields=fields)
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of a driver error, which carries the cause without the SQL."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def ensure_documents_table(url: str, table: DocumentTable = DocumentTable()) -> None:
+    """Create the documents table and its German full-text and metadata indexes if missing."""
+    names = {
+        "table": sql.Identifier(table.table),
+        "id": sql.Identifier(table.id),
+        "title": sql.Identifier(table.title),
+        "content": sql.Identifier(table.content),
+        "metadata": sql.Identifier(table.metadata),
+        "created_at": sql.Identifier(table.created_at),
+        "fts_index": sql.Identifier(f"{table.table}_{table.content}_fts_german_idx"[:63]),
+        "metadata_index": sql.Identifier(f"{table.table}_{table.metadata}_idx"[:63]),
+        "vector": _text_vector(table, sql.SQL("'german'::regconfig")),
+    }
+    statements = (
+        "CREATE TABLE IF NOT EXISTS {table} ({id} text PRIMARY KEY, {title} text NOT NULL DEFAULT '', "
+        "{content} text NOT NULL, {metadata} jsonb NOT NULL DEFAULT '{{}}'::jsonb, "
+        "{created_at} timestamptz NOT NULL DEFAULT now())",
+        "CREATE INDEX IF NOT EXISTS {fts_index} ON {table} USING gin ({vector})",
+        "CREATE INDEX IF NOT EXISTS {metadata_index} ON {table} USING gin ({metadata} jsonb_path_ops)",
+    )
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(sql.SQL(statement).format(**names))
+    finally:
+        conn.close()
+    logger.info("Documents table %s is in place", table.table)

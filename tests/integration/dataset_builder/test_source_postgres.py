@@ -1,0 +1,186 @@
+"""The postgres source against a real PostgreSQL: full-text search, filters, limits, streaming."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from dataset_builder.sources import DocumentTable, SourceContext, SourceError, ensure_documents_table, read_source
+from dataset_builder.sources.postgres import build_query
+
+Row = tuple[str, str, str, dict[str, Any], str]
+
+ROWS: list[Row] = [
+    ("d1", "§ 5 Versicherungspflicht", "Arbeitnehmer sind in der gesetzlichen Krankenversicherung versichert.",
+     {"law": "SGB V", "topic": "kv"}, "2004-01-01T00:00:00+00:00"),
+    ("d2", "§ 17 Anmeldung", "Wer eine Wohnung bezieht, meldet sich binnen zwei Wochen an.",
+     {"law": "BMG"}, "2015-11-01T00:00:00+00:00"),
+    ("d3", "Running the registry", "The registry office is open on weekdays.",
+     {"law": "BMG", "language": "en"}, "1999-06-30T00:00:00+00:00"),
+    ("d4", "Datenschutz", "Gesundheitsdaten sind besonders geschützt.",
+     {"law": "BDSG", "topic": "gesundheit"}, "2018-05-25T00:00:00+00:00"),
+    ("d5", "§ 44 Krankengeld", "Krankengeld erhalten Versicherte bei Arbeitsunfähigkeit.",
+     {"law": "SGB V", "topic": "leistungen"}, "2010-01-01T00:00:00+00:00"),
+]
+
+
+def insert(url: str, rows: list[Row], table: DocumentTable = DocumentTable()) -> None:
+    """Create the table and put the rows in it."""
+    ensure_documents_table(url, table)
+    statement = sql.SQL("INSERT INTO {} ({}) VALUES (%s, %s, %s, %s, %s)").format(
+        sql.Identifier(table.table),
+        sql.SQL(", ").join(map(sql.Identifier, (table.id, table.title, table.content, table.metadata,
+                                                 table.created_at))),
+    )
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            for row_id, title, content, metadata, created_at in rows:
+                cursor.execute(statement, (row_id, title, content, json.dumps(metadata), created_at))
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def context(source_database_url: str, make_context: Callable[..., SourceContext]) -> SourceContext:
+    """A context on a database holding ROWS."""
+    insert(source_database_url, ROWS)
+    return make_context(source_database_url=source_database_url)
+
+
+def ids(spec: dict[str, Any], context: SourceContext) -> list[str]:
+    return [document.id for batch in read_source(spec, context) for document in batch]
+
+
+def test_german_query_matches_other_inflections(context: SourceContext) -> None:
+    assert ids({"type": "postgres", "query": "Krankenversicherungen"}, context) == ["d1"]
+    assert ids({"type": "postgres", "query": "Krankenversicherungen", "language": "german"}, context) == ["d1"]
+
+
+def test_query_searches_the_title_too(context: SourceContext) -> None:
+    assert ids({"type": "postgres", "query": "Versicherungspflicht"}, context) == ["d1"]
+
+
+def test_english_query_uses_english_stemming(context: SourceContext) -> None:
+    assert ids({"type": "postgres", "query": "runs", "language": "english"}, context) == ["d3"]
+    assert ids({"type": "postgres", "query": "runs", "language": "german"}, context) == []
+
+
+def test_websearch_syntax_combines_terms(context: SourceContext) -> None:
+    assert ids({"type": "postgres", "query": "Krankengeld OR Wohnung"}, context) == ["d2", "d5"]
+    assert ids({"type": "postgres", "query": "Krankengeld -Arbeitsunfähigkeit"}, context) == []
+
+
+def test_metadata_containment(context: SourceContext) -> None:
+    assert ids({"type": "postgres", "metadata": {"law": "SGB V"}}, context) == ["d1", "d5"]
+    assert ids({"type": "postgres", "metadata": {"law": "SGB V", "topic": "kv"}}, context) == ["d1"]
+    assert ids({"type": "postgres", "metadata": {"law": "SGB V", "topic": "none"}}, context) == []
+
+
+def test_created_range_includes_after_and_excludes_before(context: SourceContext) -> None:
+    spec = {"type": "postgres", "created_after": "2004-01-01", "created_before": "2010-01-01"}
+    assert ids(spec, context) == ["d1"]
+    assert ids({"type": "postgres", "created_after": "2010-01-01"}, context) == ["d2", "d4", "d5"]
+    assert ids({"type": "postgres", "created_before": "2000-01-01T00:00:00Z"}, context) == ["d3"]
+
+
+def test_filters_combine(context: SourceContext) -> None:
+    spec = {"type": "postgres", "query": "Krankengeld", "metadata": {"law": "SGB V"}, "created_after": "2005-01-01"}
+    assert ids(spec, context) == ["d5"]
+
+
+def test_no_query_reads_every_row_in_id_order_with_its_fields(context: SourceContext) -> None:
+    documents = [document for batch in read_source({"type": "postgres"}, context) for document in batch]
+    assert [document.id for document in documents] == ["d1", "d2", "d3", "d4", "d5"]
+    first = documents[0]
+    assert first.source == "postgres"
+    assert first.text_fields == ("content",)
+    assert first.fields == {
+        "title": "§ 5 Versicherungspflicht",
+        "content": "Arbeitnehmer sind in der gesetzlichen Krankenversicherung versichert.",
+        "metadata": {"law": "SGB V", "topic": "kv"},
+        "created_at": "2004-01-01T00:00:00+00:00",
+    }
+
+
+def test_limit_keeps_the_first_rows_by_id(source_database_url: str, make_context: Callable[..., SourceContext]) -> None:
+    insert(source_database_url, [(f"r{n}", "t", "Inhalt", {}, "2020-01-01") for n in (7, 3, 9, 1, 5)])
+    context = make_context(source_database_url=source_database_url)
+    assert ids({"type": "postgres", "limit": 3}, context) == ["r1", "r3", "r5"]
+
+
+def test_batches_are_bounded_and_streamed_through_a_server_side_cursor(
+    source_database_url: str, make_context: Callable[..., SourceContext]
+) -> None:
+    insert(source_database_url, [(f"r{n}", "t", "Inhalt", {}, "2020-01-01") for n in range(5)])
+    batches = read_source({"type": "postgres"}, make_context(source_database_url=source_database_url, batch_size=2))
+    first = next(batches)
+    monitor = psycopg2.connect(source_database_url)
+    try:
+        with monitor.cursor() as cursor:
+            cursor.execute("SELECT query FROM pg_stat_activity WHERE datname = current_database() AND pid <> "
+                           "pg_backend_pid() AND query LIKE 'FETCH FORWARD%%'")
+            fetches = [row[0] for row in cursor.fetchall()]
+    finally:
+        monitor.close()
+    assert [len(first)] + [len(batch) for batch in batches] == [2, 2, 1]
+    assert len(fetches) == 1 and fetches[0].startswith("FETCH FORWARD 2 FROM \"clara_source_")
+
+
+def test_custom_table_and_column_names(source_database_url: str, make_context: Callable[..., SourceContext]) -> None:
+    table = DocumentTable(table="Akten Bestand", id="akten_id", title="betreff", content="volltext",
+                          metadata="merkmale", created_at="angelegt")
+    insert(source_database_url, ROWS[:2], table)
+    context = make_context(source_database_url=source_database_url, documents_table=table)
+    documents = [d for batch in read_source({"type": "postgres", "query": "Krankenversicherungen"}, context)
+                 for d in batch]
+    assert [(d.id, d.fields["title"], d.fields["metadata"]) for d in documents] == [
+        ("d1", "§ 5 Versicherungspflicht", {"law": "SGB V", "topic": "kv"})
+    ]
+
+
+def test_injection_looking_values_are_only_text(context: SourceContext) -> None:
+    spec = {"type": "postgres", "query": "'; DROP TABLE documents; -- ) OR 1=1", "metadata": {"law'); --": "x"}}
+    assert ids(spec, context) == []
+    assert ids({"type": "postgres"}, context) == ["d1", "d2", "d3", "d4", "d5"]
+
+
+def test_language_is_never_taken_from_the_request(context: SourceContext) -> None:
+    with pytest.raises(SourceError, match="language: must be one of german, english"):
+        read_source({"type": "postgres", "query": "x", "language": "german'::regconfig, 'x') --"}, context)
+
+
+def test_full_text_search_uses_the_german_index(context: SourceContext) -> None:
+    query, params = build_query({"type": "postgres", "query": "Krankenversicherungen"}, context.documents_table)
+    conn = psycopg2.connect(context.source_database_url)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute(sql.SQL("EXPLAIN ") + query, params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+    finally:
+        conn.close()
+    assert "documents_content_fts_german_idx" in plan
+
+
+def test_ensure_documents_table_is_idempotent(context: SourceContext) -> None:
+    ensure_documents_table(context.source_database_url, context.documents_table)
+    assert len(ids({"type": "postgres"}, context)) == len(ROWS)
+
+
+def test_missing_table_raises_source_error(source_database_url: str, make_context) -> None:
+    context = make_context(source_database_url=source_database_url)
+    with pytest.raises(SourceError, match="cannot read table 'documents'"):
+        list(read_source({"type": "postgres"}, context))
+
+
+def test_unreachable_database_raises_source_error(source_database_url: str, make_context) -> None:
+    context = make_context(source_database_url=source_database_url + "_missing")
+    with pytest.raises(SourceError, match="cannot connect to the source database"):
+        list(read_source({"type": "postgres"}, context))
+
