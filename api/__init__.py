@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _NO_DATABASE_PATHS = ("/health", "/ready", "/api/openapi.json")
+UPLOAD_PATH = "/api/datasets/upload"
 
 
 def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
@@ -73,7 +74,10 @@ def _prepare_database(app: Flask) -> bool:
 
 def _before_request() -> None:
     """Require JSON bodies, and finish database set-up once PostgreSQL is back."""
-    if request.method in _BODY_METHODS and request.content_length and not request.is_json:
+    if request.path == UPLOAD_PATH:
+        # Only this route takes files, and larger bodies than any JSON request.
+        request.max_content_length = current_app.extensions["clara_settings"].max_upload_bytes
+    elif request.method in _BODY_METHODS and request.content_length and not request.is_json:
         raise ApiError(415, "The request body must be JSON (Content-Type: application/json).",
                        "unsupported_media_type")
     if not current_app.extensions["clara_schema_ready"] and request.path not in _NO_DATABASE_PATHS:

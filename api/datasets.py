@@ -20,6 +20,8 @@ from api.dataset_schemas import (
     FileQuerySchema,
     PreviewQuerySchema,
     PreviewSchema,
+    UploadFileSchema,
+    UploadFormSchema,
 )
 from api.errors import ApiError, ErrorSchema
 from api.schemas import EventListQuerySchema, EventListSchema
@@ -222,3 +224,42 @@ def delete(dataset_id: uuid.UUID) -> None:
         if directory.is_relative_to(_settings().datasets_dir):
             shutil.rmtree(directory, ignore_errors=True)
     logger.info("User %s deleted dataset %s.", current_user["username"], dataset_id)
+
+
+@blp.route("/upload", methods=["POST"])
+@roles_required("admin", "trainer", "analyst")
+@blp.arguments(UploadFormSchema, location="form")
+@blp.arguments(UploadFileSchema, location="files")
+@blp.response(201, DatasetSchema)
+@blp.alt_response(413, schema=ErrorSchema, description="The file is larger than CLARA_MAX_UPLOAD_BYTES.")
+@blp.alt_response(422, schema=ErrorSchema, description="Bad records, each named by line or row and field.")
+def upload(form: dict, files: dict) -> dict:
+    """Upload a JSONL, CSV or Parquet file of training records; every record is checked before it is stored."""
+    from dataset_builder.upload_dataset import UploadRejected, store_uploaded_dataset
+
+    storage = files["file"]
+    filename = Path(storage.filename or "upload").name
+    file_format = form.get("format") or filename.rsplit(".", 1)[-1].lower()
+    if file_format not in MEDIA_TYPES:
+        raise ApiError(422, "Invalid request. format: give a .jsonl, .csv or .parquet file, or the format field.",
+                       "validation_error", {"fields": {"format": ["Must be one of jsonl, parquet, csv."]}})
+    dataset_id = uuid.uuid4()
+    settings = _settings()
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    incoming = settings.datasets_dir / f"{dataset_id}.incoming"
+    try:
+        storage.save(incoming)
+        manifest = store_uploaded_dataset(incoming, file_format, settings.datasets_dir / str(dataset_id),
+                                          dataset_id=str(dataset_id), name=form.get("name") or filename,
+                                          filename=filename)
+    except UploadRejected as exc:
+        raise ApiError(422, f"The file has bad records: {'; '.join(exc.problems[:5])}", "invalid_records",
+                       {"fields": {"file": exc.problems}}) from None
+    finally:
+        incoming.unlink(missing_ok=True)
+    datasets.create_dataset(_db(), name=form.get("name") or filename, description=form["description"], kind="upload",
+                            spec={"type": "upload", "filename": filename, "format": file_format},
+                            owner_id=current_user["id"], dataset_id=dataset_id)
+    datasets.complete_upload(_db(), dataset_id, str(settings.datasets_dir / str(dataset_id)), manifest)
+    logger.info("User %s uploaded dataset %s (%s).", current_user["username"], dataset_id, filename)
+    return datasets.get_dataset(_db(), dataset_id)
