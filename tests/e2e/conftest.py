@@ -36,16 +36,20 @@ class Stack:
         response.raise_for_status()
         return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
-    def wait_for_job(self, headers: dict[str, str], job_id: str, until: Any, timeout: float = 300) -> dict:
-        """Poll a job until `until(job)` holds, and return it."""
+    def wait_for(self, path: str, headers: dict[str, str], until: Any, timeout: float = 300) -> dict:
+        """Poll a resource until `until(body)` holds, and return it."""
         deadline = time.monotonic() + timeout
         while True:
-            job = requests.get(f"{self.url}/api/training/jobs/{job_id}", headers=headers, timeout=10).json()
-            if until(job):
-                return job
+            body = requests.get(f"{self.url}{path}", headers=headers, timeout=10).json()
+            if until(body):
+                return body
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} never reached the expected state; last seen: {job}")
+                raise AssertionError(f"{path} never reached the expected state; last seen: {body}")
             time.sleep(0.3)
+
+    def wait_for_job(self, headers: dict[str, str], job_id: str, until: Any, timeout: float = 300) -> dict:
+        """Poll a training job until `until(job)` holds, and return it."""
+        return self.wait_for(f"/api/training/jobs/{job_id}", headers, until, timeout)
 
 
 def _free_port() -> int:
@@ -83,7 +87,7 @@ def stack(settings_overrides: dict[str, Any], tmp_path: Path, request: pytest.Fi
     logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
     commands = {
         "api": [sys.executable, "-m", "api"],
-        "worker": [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "gpu", "--concurrency", "1",
+        "worker": [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "gpu,cpu", "--concurrency", "1",
                    "--loglevel", "INFO", "--without-gossip", "--without-mingle",
                    "-n", f"e2e-{uuid.uuid4().hex[:8]}@%h"],
     }

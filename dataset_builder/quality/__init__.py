@@ -1,0 +1,1 @@
+"""Quality stages of a dataset build: normalisation, length, language, heuristics, dedup, PII redaction."""

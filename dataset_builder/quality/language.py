@@ -1,0 +1,96 @@
+"""Language identification with lingua, keeping documents in the requested languages.
+
+The detector always chooses among the same candidate languages, whatever is requested: asked
+only for German, a detector that knew nothing else would call every text German. Detectors are
+built once per process on first use, and lingua loads each language model lazily inside them.
+
+Lingua judges a text of 120 characters or more by its trigrams alone, and a short one by all
+n-grams from one to five, which is slower but what makes short texts reliable. So texts under
+120 characters go whole to lingua's high-accuracy detector, and longer ones go to its
+low-accuracy (trigram) detector with only their first 150 characters or so: the language of a
+paragraph does not change halfway, and detection time grows with length. Both run on every core
+outside the GIL. On 95k distinct law paragraphs this labels 12k documents per second on two
+cores, against 5.6k for the high-accuracy detector on 400 characters, and disagrees with it on 57
+documents, all of them tables or forms with hardly a sentence in them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from lingua import Language, LanguageDetector, LanguageDetectorBuilder
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_LANGUAGES: dict[str, Language] = {
+    "ar": Language.ARABIC,
+    "de": Language.GERMAN,
+    "en": Language.ENGLISH,
+    "es": Language.SPANISH,
+    "fr": Language.FRENCH,
+    "it": Language.ITALIAN,
+    "nl": Language.DUTCH,
+    "pl": Language.POLISH,
+    "pt": Language.PORTUGUESE,
+    "ru": Language.RUSSIAN,
+    "tr": Language.TURKISH,
+    "uk": Language.UKRAINIAN,
+}
+"""ISO 639-1 code -> lingua language: the candidates every text is judged against."""
+
+SHORT_TEXT_CHARS = 120
+"""Texts shorter than this are judged whole, with all n-gram models."""
+PREFIX_CHARS = 150
+"""Characters of a longer text the detector sees (up to the next space)."""
+
+_CODES = {language: code for code, language in SUPPORTED_LANGUAGES.items()}
+
+
+@functools.cache
+def _detector(low_accuracy: bool) -> LanguageDetector:
+    logger.info("Building the language detector for %s.", ", ".join(sorted(SUPPORTED_LANGUAGES)))
+    builder = LanguageDetectorBuilder.from_languages(*SUPPORTED_LANGUAGES.values())
+    if low_accuracy:
+        builder = builder.with_low_accuracy_mode()
+    return builder.build()
+
+
+def _prefix(text: str, limit: int) -> str:
+    """The text up to the first space after `limit` characters (or `limit` itself if that is far)."""
+    if len(text) <= limit:
+        return text
+    cut = text.find(" ", limit, 2 * limit)
+    return text[: cut if cut > 0 else limit]
+
+
+class LanguageFilter:
+    """Keeps texts whose detected language is one of `languages` (ISO 639-1 codes)."""
+
+    def __init__(self, languages: list[str], *, prefix_chars: int = PREFIX_CHARS) -> None:
+        unsupported = sorted(set(languages) - set(SUPPORTED_LANGUAGES))
+        if unsupported:
+            raise ValueError(f"unsupported languages: {', '.join(unsupported)}")
+        self.languages = frozenset(languages)
+        self.prefix_chars = max(prefix_chars, SHORT_TEXT_CHARS)
+
+    def detect(self, texts: list[str]) -> list[str | None]:
+        """ISO 639-1 code of each text's language, or None where lingua cannot tell (no letters, say)."""
+        detected: list[Language | None] = [None] * len(texts)
+        short = [index for index, text in enumerate(texts) if len(text) < SHORT_TEXT_CHARS]
+        long = [index for index, text in enumerate(texts) if len(text) >= SHORT_TEXT_CHARS]
+        if short:
+            languages = _detector(low_accuracy=False).detect_languages_in_parallel_of([texts[i] for i in short])
+            for index, language in zip(short, languages, strict=True):
+                detected[index] = language
+        if long:
+            prefixes = [_prefix(texts[index], self.prefix_chars) for index in long]
+            for index, language in zip(
+                long, _detector(low_accuracy=True).detect_languages_in_parallel_of(prefixes), strict=True
+            ):
+                detected[index] = language
+        return [None if language is None else _CODES[language] for language in detected]
+
+    def keep(self, texts: list[str]) -> list[bool]:
+        """For each text, whether it is in one of the wanted languages; undetectable texts are dropped."""
+        return [code in self.languages for code in self.detect(texts)]

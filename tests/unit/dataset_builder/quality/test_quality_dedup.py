@@ -1,0 +1,100 @@
+"""Exact and near-duplicate removal: first occurrence kept, across batches, at the configured threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from datasketch.lsh import _optimal_param
+
+from dataset_builder.quality.dedup import ExactDeduplicator, NearDeduplicator
+from dataset_builder.quality.minhash import lsh_parameters, shingle_text, signatures
+
+PARAGRAPH = (
+    "(1) Die Bundesanstalt kann gegenüber einem Institut, das gegen die Vorschriften dieses Gesetzes "
+    "verstößt, Anordnungen treffen, die geeignet und erforderlich sind, um Verstöße zu unterbinden. Sie "
+    "kann insbesondere die Auszahlung von Gewinnen untersagen oder beschränken, wenn das Institut die "
+    "Anforderungen an die Eigenmittelausstattung nicht erfüllt. (2) Vor einer Anordnung nach Absatz 1 "
+    "ist das Institut anzuhören, es sei denn, dass Gefahr im Verzug ist. Die Anordnung ist schriftlich "
+    "zu begründen und dem Institut zuzustellen."
+)
+# The same paragraph with a few words changed: "Bundesanstalt" -> "Aufsichtsbehörde", two more edits.
+EDITED = (
+    PARAGRAPH.replace("Die Bundesanstalt", "Die Aufsichtsbehörde")
+    .replace("untersagen oder beschränken", "untersagen")
+    .replace("schriftlich", "in Textform")
+)
+# Same topic and vocabulary, different paragraph.
+SAME_TOPIC = (
+    "(1) Die Bundesanstalt überwacht die Einhaltung der Vorschriften über die Eigenmittelausstattung der "
+    "Institute. Hierzu kann sie von jedem Institut Auskünfte über alle Geschäftsangelegenheiten verlangen "
+    "und Prüfungen vornehmen. (2) Das Institut hat der Bundesanstalt auf Verlangen Unterlagen vorzulegen "
+    "und Zutritt zu seinen Geschäftsräumen zu gewähren; Widerspruch und Anfechtungsklage gegen ein "
+    "Auskunftsverlangen haben keine aufschiebende Wirkung."
+)
+
+
+def _jaccard(first: str, second: str) -> float:
+    def shingles(text: str) -> set[str]:
+        prepared = shingle_text(text)
+        return {prepared[i : i + 5] for i in range(len(prepared) - 4)}
+
+    a, b = shingles(first), shingles(second)
+    return len(a & b) / len(a | b)
+
+
+def test_exact_keeps_first_occurrence_across_batches() -> None:
+    deduplicator = ExactDeduplicator()
+    assert deduplicator.keep(["a", "b", "a"]) == [True, True, False]
+    assert deduplicator.keep(["b", "c", "A", "a "]) == [False, True, True, True]
+
+
+def test_near_duplicate_removed_and_same_topic_kept() -> None:
+    assert 0.8 <= _jaccard(PARAGRAPH, EDITED) < 1.0
+    assert _jaccard(PARAGRAPH, SAME_TOPIC) < 0.3
+    assert NearDeduplicator(0.8).keep([PARAGRAPH, EDITED, SAME_TOPIC]) == [True, False, True]
+
+
+def test_near_duplicates_found_across_batches_and_only_against_kept_texts() -> None:
+    deduplicator = NearDeduplicator(0.8)
+    assert deduplicator.keep([PARAGRAPH]) == [True]
+    assert deduplicator.keep([SAME_TOPIC, EDITED, EDITED + " "]) == [True, False, False]
+
+
+def test_threshold_is_respected() -> None:
+    similarity = _jaccard(PARAGRAPH, EDITED)
+    assert NearDeduplicator(round(similarity - 0.1, 2)).keep([PARAGRAPH, EDITED]) == [True, False]
+    assert NearDeduplicator(round(similarity + 0.1, 2)).keep([PARAGRAPH, EDITED]) == [True, True]
+    respaced = PARAGRAPH.replace(" ", "  \n")
+    assert NearDeduplicator(1.0).keep([PARAGRAPH, EDITED, respaced]) == [True, True, False]
+
+
+def test_signature_estimates_jaccard() -> None:
+    rng = np.random.default_rng(7)
+    vocabulary = [f"wort{i}" for i in range(3000)]
+    base = list(rng.choice(vocabulary, size=400))
+    for changed in (10, 40, 120):
+        other = list(base)
+        for position in rng.choice(len(base), size=changed, replace=False):
+            other[position] = "ersatz" + str(position)
+        first, second = " ".join(base), " ".join(other)
+        estimate = float(np.mean(np.equal(*signatures([first, second], 256))))
+        assert estimate == pytest.approx(_jaccard(first, second), abs=0.08)
+
+
+def test_signatures_of_equal_texts_are_equal_and_short_texts_work() -> None:
+    result = signatures(["Ab", "ab", "x", "", "Ein etwas längerer Text."], 128)
+    assert result.shape == (5, 128)
+    assert (result[0] == result[1]).all()
+    assert not (result[0] == result[2]).all()
+    assert (result != 0xFFFFFFFF).all()
+
+
+@pytest.mark.parametrize(("threshold", "num_perm"), [(0.5, 128), (0.7, 64), (0.8, 128), (0.9, 256)])
+def test_banding_is_datasketchs_with_equal_weights(threshold: float, num_perm: int) -> None:
+    assert lsh_parameters(threshold, num_perm, 0.5) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+
+
+def test_default_banding_favours_recall() -> None:
+    bands, rows = lsh_parameters(0.8, 128)
+    assert bands * rows <= 128
+    assert 1 - (1 - 0.8**rows) ** bands > 0.9
