@@ -86,9 +86,10 @@ def analyst_headers_for(settings_overrides):
     ({"name": "x", "sources": [{"type": "ftp"}]}, "sources[0]"),
     ({"name": "x", "sources": [{"type": "neo4j", "seed_ids": ["a"], "relationships": ["CITES"]}]}, "sources[0]"),
     ({"name": "x", "sources": [{"type": "postgres", "limit": -1}]}, "sources[0].limit"),
-    ({"name": "x", "sources": [{"type": "postgres"}], "format": {"kind": "text", "mapping": {"text": "{content.__class__}"}}},
-     "format.mapping.text"),
-    ({"name": "x", "sources": [{"type": "postgres"}], "split": {"validation_fraction": 2}}, "split.validation_fraction"),
+    ({"name": "x", "sources": [{"type": "postgres"}],
+      "format": {"kind": "text", "mapping": {"text": "{content.__class__}"}}}, "format.mapping.text"),
+    ({"name": "x", "sources": [{"type": "postgres"}], "split": {"validation_fraction": 2}},
+     "split.validation_fraction"),
     ({"name": "x", "sources": [{"type": "postgres"}], "export_formats": ["xlsx"]}, "export_formats"),
     ({"name": "x", "sources": [{"type": "postgres"}], "owner": "me"}, "owner"),
 ])
