@@ -82,7 +82,8 @@ def build_query(spec: Mapping[str, Any], table: DocumentTable) -> tuple[sql.Comp
         conditions.append(sql.SQL("{} < %s").format(sql.Identifier(table.created_at)))
         params.append(spec["created_before"])
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
-    query = sql.SQL("SELECT {id}, {title}, {content}, {metadata}, {created_at} FROM {table}{where} "
+    # The server renders created_at as ISO 8601 text: parsing timestamps in Python costs more than the rest.
+    query = sql.SQL("SELECT {id}, {title}, {content}, {metadata}, to_json({created_at}) #>> '{{}}' FROM {table}{where} "
                     "ORDER BY {id} LIMIT %s").format(
         id=sql.Identifier(table.id),
         title=sql.Identifier(table.title),
@@ -108,16 +109,9 @@ def read(spec: Mapping[str, Any], context: SourceContext) -> Iterator[list[Docum
         # A read-only transaction: the source is someone else's system of record.
         conn.set_session(readonly=True)
         with conn.cursor(name=f"clara_source_{uuid.uuid4().hex[:12]}") as cursor:
-            cursor.itersize = context.batch_size
             cursor.execute(query, params)
-            batch: list[Document] = []
-            for row in cursor:
-                batch.append(_document(row))
-                if len(batch) == context.batch_size:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+            while rows := cursor.fetchmany(context.batch_size):
+                yield [_document(row) for row in rows]
     except psycopg2.Error as error:
         raise SourceError(f"postgres: cannot read table {table.table!r} ({_first_line(error)})") from error
     finally:
