@@ -38,7 +38,9 @@ COPY auth/ ./auth/
 COPY records/ ./records/
 COPY tasks/ ./tasks/
 COPY trainers/ ./trainers/
+COPY dataset_builder/ ./dataset_builder/
 COPY settings.py celeryconfig.py ./
+ENV PYTHONPATH=/app
 
 USER clara
 

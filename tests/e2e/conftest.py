@@ -87,7 +87,9 @@ def stack(settings_overrides: dict[str, Any], tmp_path: Path, request: pytest.Fi
     logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
     commands = {
         "api": [sys.executable, "-m", "api"],
-        "worker": [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "gpu,cpu", "--concurrency", "1",
+        # The console script, as users start it: it does not put the working directory on sys.path.
+        "worker": [str(Path(sys.executable).with_name("celery")), "-A", "tasks", "worker", "-Q", "gpu,cpu",
+                   "--concurrency", "1",
                    "--loglevel", "INFO", "--without-gossip", "--without-mingle",
                    "-n", f"e2e-{uuid.uuid4().hex[:8]}@%h"],
     }
