@@ -342,10 +342,11 @@ def _ngram_statistics(
             statistics[f"top_{n}gram_chars"] = _ratio((best >> 32) * (best & 0xFFFFFFFF), word_chars)
         if n in duplicate_sizes:
             later = positions[repeated & ~first]
-            depth = np.cumsum(np.bincount(later, minlength=count + 1) - np.bincount(later + n, minlength=count + 1))
-            covered = depth[:count] > 0
+            # Each repeat covers words [p, p + n); cut at the next repeat's start, the pieces do not overlap.
+            ends = np.minimum(later + n, np.append(later[1:], count))
+            covered_chars = char_prefix[ends] - char_prefix[later]
             statistics[f"duplicate_{n}gram_chars"] = _ratio(
-                _per_text(words.owner[covered], size, lengths[covered]), word_chars
+                _per_text(words.owner[later], size, covered_chars), word_chars
             )
         positions = positions[repeated]
     return statistics

@@ -60,12 +60,33 @@ def test_near_duplicates_found_across_batches_and_only_against_kept_texts() -> N
     assert deduplicator.keep([SAME_TOPIC, EDITED, EDITED + " "]) == [True, False, False]
 
 
+def test_a_removed_text_does_not_shadow_later_ones() -> None:
+    def edited(words: list[str], start: int, tag: str) -> list[str]:
+        return [
+            f"{tag}{i}" if start <= i < start + 10 and (i - start) % 2 == 0 else word for i, word in enumerate(words)
+        ]
+
+    first = PARAGRAPH.split()
+    second = edited(first, 0, "neu")  # near the first
+    third = edited(second, 40, "anders")  # near the second, not near the first
+    texts = [" ".join(words) for words in (first, second, third)]
+    assert _jaccard(texts[0], texts[1]) >= 0.8 and _jaccard(texts[1], texts[2]) >= 0.8
+    assert _jaccard(texts[0], texts[2]) < 0.75
+    assert NearDeduplicator(0.8).keep(texts) == [True, False, True]
+
+
 def test_threshold_is_respected() -> None:
     similarity = _jaccard(PARAGRAPH, EDITED)
     assert NearDeduplicator(round(similarity - 0.1, 2)).keep([PARAGRAPH, EDITED]) == [True, False]
     assert NearDeduplicator(round(similarity + 0.1, 2)).keep([PARAGRAPH, EDITED]) == [True, True]
     respaced = PARAGRAPH.replace(" ", "  \n")
     assert NearDeduplicator(1.0).keep([PARAGRAPH, EDITED, respaced]) == [True, True, False]
+
+
+def test_candidates_below_the_threshold_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One row per band: any shared bin makes a candidate, so only the verification can keep SAME_TOPIC.
+    monkeypatch.setattr("dataset_builder.quality.dedup.lsh_parameters", lambda threshold, num_perm: (num_perm, 1))
+    assert NearDeduplicator(0.8).keep([PARAGRAPH, SAME_TOPIC, EDITED]) == [True, True, False]
 
 
 def test_signature_estimates_jaccard() -> None:

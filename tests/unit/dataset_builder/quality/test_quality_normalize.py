@@ -17,7 +17,10 @@ from dataset_builder.quality.normalize import normalize_text, normalize_texts
         ("eins\n \n \t \nzwei", "eins\n\nzwei"),
         ("Zeile\r\nZeile\rZeile\u2028Zeile", "Zeile\nZeile\nZeile\nZeile"),
         ("Ver\u00adwal\u00adtung\u200b und\ufeff Amt\x07", "Verwaltung und Amt"),
-        ("<p>Der <b>Antrag</b> ist zu stellen.</p><p>Frist: 2 Wochen</p>", "Der Antrag ist zu stellen.\n\nFrist: 2 Wochen"),
+        (
+            "<p>Der <b>Antrag</b> ist zu stellen.</p><p>Frist: 2 Wochen</p>",
+            "Der Antrag ist zu stellen.\n\nFrist: 2 Wochen",
+        ),
         ("Zeile<br/>Zeile<!-- Kommentar -->", "Zeile\nZeile"),
         ("M&uuml;ller &amp; S&ouml;hne &#8211; &#x41;G", "Müller & Söhne – AG"),
         ("Titel\n##\n\nText", "Titel\n\nText"),
