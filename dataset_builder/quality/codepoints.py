@@ -20,31 +20,23 @@ _POLY_INVERSE = np.uint64(pow(int(_POLY), -1, 1 << 64))
 _FMIX_1 = np.uint64(0xFF51AFD7ED558CCD)
 _FMIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
 _SHIFT = np.uint64(33)
-_NEWLINE = 10
 
 
 @dataclass(frozen=True)
 class CharacterTables:
-    """Per code point: whether it is whitespace, whether it is a letter, and its one-character lowercase."""
+    """Per code point: whether it is whitespace (str.isspace) and whether it is a letter (str.isalpha)."""
 
     space: np.ndarray
     alpha: np.ndarray
-    lower: np.ndarray
 
 
 @functools.cache
 def character_tables() -> CharacterTables:
-    """Tables over all of Unicode, built from Python's own str methods once per process (about 0.5 s)."""
+    """Tables over all of Unicode, built from Python's own str methods once per process (about 0.3 s)."""
     chars = [chr(point) for point in range(_CODE_POINTS)]
     space = np.fromiter((char.isspace() for char in chars), dtype=bool, count=_CODE_POINTS)
     alpha = np.fromiter((char.isalpha() for char in chars), dtype=bool, count=_CODE_POINTS)
-    # Characters whose lowercase is longer than one ("İ") keep their code point: shingles stay aligned.
-    lower = np.fromiter(
-        (ord(low) if len(low := char.lower()) == 1 else point for point, char in enumerate(chars)),
-        dtype=np.uint32,
-        count=_CODE_POINTS,
-    )
-    return CharacterTables(space=space, alpha=alpha, lower=lower)
+    return CharacterTables(space=space, alpha=alpha)
 
 
 def fmix64(values: np.ndarray) -> np.ndarray:
@@ -117,12 +109,11 @@ def _powers(count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SegmentHasher:
-    """Hashes any substrings of a code point array in O(1) each, from polynomial prefix sums.
+    """Hashes any substrings of a code point array in O(1) each, from polynomial prefix sums."""
 
-    With prefix[i] = sum(points[j] * Q**j for j < i) and Q the inverse of P modulo 2**64, the
-    substring [s, e) hashes to (prefix[e] - prefix[s]) * P**s = sum(points[j] * Q**(j - s)):
-    equal substrings get equal hashes wherever they are.
-    """
+    # With prefix[i] = sum(points[j] * Q**j for j < i) and Q the inverse of P modulo 2**64, the
+    # substring [s, e) hashes to (prefix[e] - prefix[s]) * P**s = sum(points[j] * Q**(j - s)):
+    # equal substrings get equal hashes wherever they are.
 
     def __init__(self, points: np.ndarray) -> None:
         count = len(points)

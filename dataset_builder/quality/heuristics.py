@@ -17,7 +17,9 @@ Training Gopher", appendix A) and Raffel et al. 2020 (C4), with these deliberate
   hard-wrapped text such as law paragraphs breaks lines mid-sentence.
 
 Defaults are Gopher's thresholds, except where German legal and administrative prose, checked on
-105k paragraphs of federal law, needs room; each such exception says why.
+105k paragraphs of federal law, needs room; each such exception says why. With these defaults the
+filters remove 3.4% of that corpus (after length and language), nearly all of it tables, forms and
+image lists from annexes; with Gopher's values they removed 24.6%, most of it ordinary law.
 """
 
 from __future__ import annotations
@@ -48,25 +50,29 @@ class HeuristicThresholds:
 
     min_mean_word_length: float | None = 3.0
     """Mean word length below this: lists of numbers, tables, code (Gopher: 3)."""
+    # Gopher: 10, but German compounds such as "Sozialversicherungsfachangestellte" put plain sentences above 10.
     max_mean_word_length: float | None = 12.0
-    """Mean word length above this: URLs, file names, run-together text (Gopher: 10, but German
-    compounds such as "Sozialversicherungsfachangestellte" put plain sentences above 10)."""
+    """Mean word length above this: URLs, file names, run-together text."""
     max_symbol_word_ratio: float | None = 0.1
     """Hashtag-like words and ellipses per word (Gopher: 0.1)."""
     max_bullet_lines: float | None = 0.9
     """Fraction of non-empty lines that start with a bullet: navigation menus, link lists (Gopher: 0.9)."""
     max_ellipsis_lines: float | None = 0.3
     """Fraction of non-empty lines that end with an ellipsis: truncated teasers (Gopher: 0.3)."""
+    # Gopher: 0.8, which drops 13% of law paragraphs: in "nach § 12 Abs. 3 Satz 2 Nr. 1" half the
+    # words are numbers. Below 0.5 are tables and forms.
     min_alphabetic_words: float | None = 0.5
-    """Fraction of words with at least one letter (Gopher: 0.8, which drops 13% of law paragraphs:
-    in "nach § 12 Abs. 3 Satz 2 Nr. 1" half the words are numbers; below 0.5 are tables and forms)."""
+    """Fraction of words with at least one letter."""
     max_duplicate_lines: float | None = 0.3
     """Fraction of non-empty lines that repeat an earlier line (Gopher: 0.3)."""
     max_duplicate_line_chars: float | None = 0.2
     """Fraction of characters in lines that repeat an earlier line (Gopher: 0.2)."""
+    # Gopher: 0.20, 0.18, 0.16; German compounds make n-grams long, and "der knappschaftlichen
+    # Rentenversicherung" three times in a paragraph is normal.
     max_top_ngram_chars: tuple[tuple[int, float], ...] = ((2, 0.30), (3, 0.28), (4, 0.26))
-    """Per n, fraction of word characters in the most frequent n-gram (Gopher: 0.20, 0.18, 0.16; German
-    compounds make n-grams long, and "der knappschaftlichen Rentenversicherung" three times is normal)."""
+    """Per n, fraction of word characters in the most frequent n-gram."""
+    # Gopher: 0.15 down to 0.10; legal prose repeats its formulas, and at Gopher's values 12% of the
+    # law paragraphs of 50 words or more would go.
     max_duplicate_ngram_chars: tuple[tuple[int, float], ...] = (
         (5, 0.50),
         (6, 0.48),
@@ -75,14 +81,13 @@ class HeuristicThresholds:
         (9, 0.42),
         (10, 0.40),
     )
-    """Per n, fraction of word characters in repeated n-grams (Gopher: 0.15 down to 0.10; legal prose
-    repeats its formulas: at Gopher's values 12% of law paragraphs of 50 words or more would go)."""
+    """Per n, fraction of word characters in repeated n-grams."""
     min_terminal_punctuation_lines: float | None = None
     """C4: fraction of non-empty lines that end with terminal punctuation; off by default."""
+    # Gopher never judged shorter texts (its length filter ran first), and in a short paragraph one
+    # repeated term is already a large fraction of it.
     min_words_for_repetition: int = 50
-    """Duplicate-line and n-gram filters judge only texts of at least this many words. Gopher never
-    judged shorter ones (its length filter ran first), and in a short paragraph one repeated term is
-    already a large fraction of it."""
+    """Duplicate-line and n-gram filters judge only texts of at least this many words."""
 
 
 @dataclass(frozen=True)
@@ -149,13 +154,11 @@ class HeuristicFilter:
 
 
 def _grouped(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per element of keys: how often its value occurs, and whether it is the value's first occurrence.
-
-    Sorting the keys with each element's index packed into the low bits is about twice as fast as
-    an argsort and leaves every group's members in index order. The packing drops the key's top
-    bits; at the chunk sizes used here (under 2**21 elements) a false match is a one-in-a-thousand
-    event per chunk that shifts one n-gram count by one.
-    """
+    """Per element of keys: how often its value occurs, and whether it is the value's first occurrence."""
+    # Sorting the keys with each element's index packed into the low bits is about twice as fast as
+    # an argsort and leaves every group's members in index order. The packing drops the key's top
+    # bits: for the pipeline's chunks (a few hundred thousand words) 45 bits or more remain, and a
+    # false match, a one-in-several-hundred event per chunk, shifts one n-gram count by one.
     count = len(keys)
     bits = np.uint64(max(count - 1, 1).bit_length())
     packed = keys << bits
@@ -196,6 +199,7 @@ class _Words:
 
     @property
     def lengths(self) -> np.ndarray:
+        """Length of each word in characters."""
         return self.ends - self.starts
 
 
@@ -310,12 +314,11 @@ def _ngram_statistics(
     top_sizes: tuple[int, ...],
     duplicate_sizes: tuple[int, ...],
 ) -> dict[str, np.ndarray]:
-    """Top and duplicate n-gram character fractions, growing n-grams one word at a time.
-
-    An n-gram can only repeat where the (n-1)-gram at the same position repeats, so each round
-    hashes and groups just the survivors of the previous one: in prose most positions drop out
-    after two or three rounds, which makes all sizes up to 10 cost little more than bigrams.
-    """
+    """Top and duplicate n-gram character fractions, growing n-grams one word at a time."""
+    # An n-gram can only repeat where the (n-1)-gram at the same position repeats, so each round
+    # hashes and groups just the survivors of the previous one: in law text about a third of the
+    # bigram positions reach the trigram round and fewer each round after, so all sizes up to 10
+    # together cost about twice what bigrams alone cost.
     size, count = batch.size, len(words.starts)
     statistics = {f"top_{n}gram_chars": np.zeros(size) for n in top_sizes}
     statistics |= {f"duplicate_{n}gram_chars": np.zeros(size) for n in duplicate_sizes}

@@ -6,7 +6,8 @@ rewrite is a chance to damage it:
 * Unicode is brought to NFC, so that "ä" typed as "a" + combining diaeresis and "ä" compare equal
   (exact dedup hashes the normalised text).
 * Line breaks are unified to "\\n"; invisible characters that only confuse tokenizers (soft hyphens,
-  zero-width spaces, byte-order marks, control characters) are removed.
+  zero-width spaces, byte-order marks, control characters) are removed; lone surrogates, which are
+  not Unicode and which UTF-8 writers (and lingua) reject, become U+FFFD.
 * Runs of horizontal whitespace (spaces, tabs, no-break and other Unicode spaces) become one space,
   every line is trimmed, and at most one blank line is kept between paragraphs. Line breaks inside
   paragraphs are kept: hard-wrapped text cannot be re-flowed safely (lists, tables, addresses).
@@ -51,6 +52,7 @@ _SPACE_CHARS = "\t\u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u
 _LINE_BREAKS = re.compile(r"\r\n?|[" + re.escape(_LINE_BREAK_CHARS) + "]")
 _INVISIBLE = re.compile("[" + re.escape(_INVISIBLE_CHARS) + "]+")
 _SPACES = re.compile("[" + re.escape(_SPACE_CHARS) + "]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _EMPTY_HEADING = re.compile(r"^#{1,6}$", re.MULTILINE)
 
 # What a text may need, found for a whole batch at once; most texts need nothing at all.
@@ -69,6 +71,7 @@ def _flag_table() -> np.ndarray:
         table[ord(char)] |= _SPECIAL
     table[ord("<")] = table[ord("&")] = _MARKUP
     table[ord("#")] = _HEADING
+    table[0xD800:0xE000] |= _SPECIAL
     return table
 
 
@@ -115,6 +118,7 @@ def _normalize(text: str, needs: int) -> str:
         text = _LINE_BREAKS.sub("\n", text)
         text = _INVISIBLE.sub("", text)
         text = _SPACES.sub(" ", text)
+        text = _SURROGATES.sub("\ufffd", text)
     # str.replace runs at memory speed; a regex over every space would not.
     while "  " in text:
         text = text.replace("  ", " ")
@@ -137,6 +141,91 @@ def normalize_texts(texts: list[str]) -> list[str]:
         return []
     needs = _needs(texts)
     result = list(texts)
+    plain = []
     for index in np.flatnonzero(needs).tolist():
-        result[index] = _normalize(texts[index], int(needs[index]))
+        need = int(needs[index])
+        if need & _NFC and unicodedata.is_normalized("NFC", texts[index]):
+            need &= ~_NFC
+        if need and not need & ~(_LAYOUT | _SPECIAL):
+            plain.append(index)
+        elif need:
+            result[index] = _normalize(texts[index], need)
+    # Most texts that need work need no more than characters mapped and whitespace collapsed: that
+    # is done for all of them at once.
+    for index, text in zip(plain, _normalize_plain([texts[index] for index in plain]), strict=True):
+        result[index] = text
     return result
+
+
+_KEEP, _TO_SPACE, _TO_NEWLINE, _DROP, _TO_REPLACEMENT = 0, 1, 2, 3, 4
+
+
+@functools.cache
+def _plain_actions() -> np.ndarray:
+    """Per BMP code point, what the special-character step of _normalize does with it."""
+    actions = np.full(0x10000, _KEEP, dtype=np.uint8)
+    actions[[ord(char) for char in _SPACE_CHARS]] = _TO_SPACE
+    actions[[ord(char) for char in _LINE_BREAK_CHARS]] = _TO_NEWLINE
+    actions[[ord(char) for char in _INVISIBLE_CHARS]] = _DROP
+    actions[0xD800:0xE000] = _TO_REPLACEMENT
+    return actions
+
+
+def _normalize_plain(texts: list[str]) -> list[str]:
+    """What _normalize does to texts without markup, headings or non-NFC text, for a batch at once."""
+    if not texts:
+        return []
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    points = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32).copy()
+    actions = _plain_actions()[np.minimum(points, 0xFFFF)]
+    # CR LF is one line break: its CR goes, and a lone CR becomes a line feed.
+    dropped = actions == _DROP
+    crlf = (points[:-1] == ord("\r")) & (points[1:] == _NEWLINE)
+    # A text's last CR and the next text's LF are no pair.
+    last = np.cumsum(lengths)[lengths > 0] - 1
+    crlf[last[last < len(crlf)]] = False
+    dropped[:-1] |= crlf
+    points[actions == _TO_SPACE] = _SPACE
+    points[actions == _TO_NEWLINE] = _NEWLINE
+    points[actions == _TO_REPLACEMENT] = 0xFFFD
+    points, lengths = _compact(points, lengths, ~dropped)
+    keep = _collapse_runs(points, lengths)
+    points, lengths = _compact(points, lengths, keep)
+    joined = points.tobytes().decode("utf-32-le")
+    offsets = np.concatenate(([0], np.cumsum(lengths))).tolist()
+    return [joined[start:end] for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def _compact(points: np.ndarray, lengths: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kept code points, and each text's new length."""
+    kept_before = np.zeros(len(points) + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept_before[1:])
+    bounds = np.concatenate(([0], np.cumsum(lengths)))
+    return points[keep], np.diff(kept_before[bounds])
+
+
+def _collapse_runs(points: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Which code points to keep so that each run of spaces and line breaks becomes what _normalize makes of it."""
+    # The kept first characters of a run are rewritten in place.
+    size = len(points)
+    bounds = np.concatenate(([0], np.cumsum(lengths)))
+    boundary = np.zeros(size + 1, dtype=bool)
+    boundary[bounds] = True
+    white = (points == _SPACE) | (points == _NEWLINE)
+    previous_white = np.concatenate(([False], white[:-1]))
+    next_white = np.concatenate((white[1:], [False]))
+    # Runs never cross from one text into the next.
+    starts = np.flatnonzero(white & (~previous_white | boundary[:-1]))
+    ends = np.flatnonzero(white & (~next_white | boundary[1:])) + 1
+    newline_totals = np.zeros(size + 1, dtype=np.int64)
+    np.cumsum(points == _NEWLINE, out=newline_totals[1:])
+    newlines = newline_totals[ends] - newline_totals[starts]
+    # A run becomes one space, one line break or a blank line; at either end of its text it goes.
+    kept = np.where(newlines == 0, 1, np.minimum(newlines, 2))
+    kept[boundary[starts] | boundary[ends]] = 0
+    keep = ~white
+    for offset in (0, 1):
+        chosen = kept > offset
+        keep[starts[chosen] + offset] = True
+        points[starts[chosen] + offset] = np.where(newlines[chosen] == 0, _SPACE, _NEWLINE)
+    return keep

@@ -29,9 +29,18 @@ from dataset_builder.quality.pii import PiiRedactor
 logger = logging.getLogger(__name__)
 
 DEDUP_MODES = ("none", "exact", "near")
-CHUNK_CHARS = 4_000_000
-"""Characters per chunk a batch is processed in (about 100 MB of working arrays at most)."""
+CHUNK_CHARS = 2_000_000
+"""Characters per chunk a batch is processed in: the stages need up to about 50 bytes per character."""
 _STAGES = ("normalize", "length", "language", "heuristics", "exact_dedup", "near_dedup", "pii")
+_COUNTS = (
+    "read",
+    "after_normalize",
+    "after_length",
+    "after_language",
+    "after_heuristics",
+    "after_exact_dedup",
+    "after_near_dedup",
+)
 
 
 class QualityConfigError(ValueError):
@@ -129,9 +138,7 @@ class QualityPipeline:
         self._exact = ExactDeduplicator() if config.dedup in ("exact", "near") else None
         self._near = NearDeduplicator(config.near_dup_threshold) if config.dedup == "near" else None
         self._redactor = PiiRedactor()
-        self._counts = dict.fromkeys(
-            ("read", "after_normalize", "after_length", "after_language", "after_heuristics",
-             "after_exact_dedup", "after_near_dedup"), 0)  # fmt: skip
+        self._counts = dict.fromkeys(_COUNTS, 0)
         self._removed_by_filter = dict.fromkeys(self._heuristics.filter_names, 0)
         self._changed = 0
         self._seconds = dict.fromkeys(_STAGES, 0.0)
@@ -141,6 +148,7 @@ class QualityPipeline:
         kept: list[Document] = []
         for chunk in _chunks(batch, CHUNK_CHARS):
             kept += self._process_chunk(chunk)
+        logger.debug("Quality stages kept %s of %s documents.", len(kept), len(batch))
         return kept
 
     def report(self) -> dict[str, Any]:
@@ -219,7 +227,7 @@ def _chunks(batch: list[Document], max_chars: int) -> Iterator[list[Document]]:
     chunk: list[Document] = []
     size = 0
     for document in batch:
-        length = sum(len(value) for value in _strings(document))
+        length = len(document.text)
         if chunk and size + length > max_chars:
             yield chunk
             chunk, size = [], 0
@@ -234,6 +242,7 @@ def _strings(document: Document) -> list[str]:
     found: list[str] = []
 
     def collect(value: str) -> str:
+        """Note the string, leave it as it is."""
         found.append(value)
         return value
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasketch.lsh import _optimal_param
 
-from dataset_builder.quality.dedup import ExactDeduplicator, NearDeduplicator
+from dataset_builder.quality.dedup import ExactDeduplicator, NearDeduplicator, _BandIndex, _pairs_sharing_a_key
 from dataset_builder.quality.minhash import lsh_parameters, shingle_text, signatures
 
 PARAGRAPH = (
@@ -54,7 +54,7 @@ def test_near_duplicate_removed_and_same_topic_kept() -> None:
     assert NearDeduplicator(0.8).keep([PARAGRAPH, EDITED, SAME_TOPIC]) == [True, False, True]
 
 
-def test_near_duplicates_found_across_batches_and_only_against_kept_texts() -> None:
+def test_near_duplicates_found_across_batches() -> None:
     deduplicator = NearDeduplicator(0.8)
     assert deduplicator.keep([PARAGRAPH]) == [True]
     assert deduplicator.keep([SAME_TOPIC, EDITED, EDITED + " "]) == [True, False, False]
@@ -119,3 +119,37 @@ def test_default_banding_favours_recall() -> None:
     bands, rows = lsh_parameters(0.8, 128)
     assert bands * rows <= 128
     assert 1 - (1 - 0.8**rows) ** bands > 0.9
+
+
+def test_pairs_sharing_a_key_match_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 12, size=(40, 3)).astype(np.uint64)
+    candidates = np.sort(rng.choice(40, size=30, replace=False))
+    earlier, later = _pairs_sharing_a_key(keys, candidates)
+    expected = {
+        (int(i), int(j))
+        for i in candidates
+        for j in candidates
+        if i < j and set(keys[i].tolist()) & set(keys[j].tolist())
+    }
+    assert set(zip(earlier.tolist(), later.tolist(), strict=True)) == expected
+    assert len(earlier) == len(expected)
+
+
+def test_band_index_finds_every_equal_key_across_merged_runs() -> None:
+    index = _BandIndex()
+    stored = {}
+    rng = np.random.default_rng(5)
+    for batch in range(12):
+        keys = rng.integers(0, 50, size=20 + batch).astype(np.uint64)
+        slots = np.arange(len(keys)) + 1000 * batch
+        index.add(keys, slots)
+        for key, slot in zip(keys.tolist(), slots.tolist(), strict=True):
+            stored.setdefault(key, set()).add(slot)
+    queries = np.arange(60, dtype=np.uint64)
+    found, slots = index.lookup(queries)
+    got: dict[int, set[int]] = {}
+    for query, slot in zip(found.tolist(), slots.tolist(), strict=True):
+        got.setdefault(query, set()).add(slot)
+    assert got == stored
+    assert len(found) == sum(map(len, stored.values()))

@@ -54,6 +54,10 @@ def test_long_texts_are_judged_by_their_beginning() -> None:
     assert LanguageFilter(["de"]).detect([english, opening + english]) == ["en", "de"]
 
 
+def test_lone_surrogates_do_not_stop_detection() -> None:
+    assert LanguageFilter(["de"]).detect([GERMAN + " \udc80", "Der Bundesrat hat zugestimmt. \udc80"]) == ["de", "de"]
+
+
 def test_rejects_unsupported_codes() -> None:
     with pytest.raises(ValueError, match="xx"):
         LanguageFilter(["de", "xx"])

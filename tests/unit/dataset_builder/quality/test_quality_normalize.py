@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from dataset_builder.quality.normalize import normalize_text, normalize_texts
@@ -24,6 +26,7 @@ from dataset_builder.quality.normalize import normalize_text, normalize_texts
         ("Zeile<br/>Zeile<!-- Kommentar -->", "Zeile\nZeile"),
         ("M&uuml;ller &amp; S&ouml;hne &#8211; &#x41;G", "Müller & Söhne – AG"),
         ("Titel\n##\n\nText", "Titel\n\nText"),
+        ("kaputt \udc80 hier", "kaputt \ufffd hier"),
     ],
 )
 def test_rewrites(raw: str, expected: str) -> None:
@@ -59,6 +62,15 @@ def test_batch_matches_single_texts() -> None:
         "\n",
     ]
     assert normalize_texts(texts) == [normalize_text(text) for text in texts]
+
+
+def test_batch_matches_single_texts_on_random_mixtures() -> None:
+    pieces = ["a", "b", " ", "  ", "\n", "\n\n", "\t", "\u00a0", "\r", "\r\n", "\x00", "\u00ad", "\u2028"]
+    pieces += ["\udc80", "ä", "u\u0308", "#", "##", "<b>", "&amp;", "–", "\u3000", "\x85"]
+    rng = random.Random(0)
+    for _ in range(300):
+        texts = ["".join(rng.choices(pieces, k=rng.randint(0, 12))) for _ in range(rng.randint(1, 8))]
+        assert normalize_texts(texts) == [normalize_text(text) for text in texts], texts
 
 
 def test_batch_of_nothing() -> None:

@@ -20,6 +20,8 @@ from dataset_builder.quality.pii import PiiRedactor, iban_is_valid, steuer_id_is
         ("Telefon: 0228 99 12 34", "Telefon: [PHONE]", "phone"),
         ("Call (415) 555-2671 or +1 415 555 2671.", "Call [PHONE] or [PHONE].", "phone"),
         ("UK office: +44 20 7946 0958", "UK office: [PHONE]", "phone"),
+        ("Jane Doe (+44 20 7946 0958): my payment", "Jane Doe ([PHONE]): my payment", "phone"),
+        ("Zentrale (Tel. +49 (228) 99 123-4567).", "Zentrale (Tel. [PHONE]).", "phone"),
         ("IBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX", "IBAN [IBAN], BIC COBADEFFXXX", "iban"),
         ("IBAN: DE89370400440532013000.", "IBAN: [IBAN].", "iban"),
         ("account GB29 NWBK 6016 1331 9268 19 please", "account [IBAN] please", "iban"),
