@@ -23,6 +23,7 @@ from api.dataset_schemas import (
     UploadFileSchema,
     UploadFormSchema,
 )
+from api.enqueue import enqueue
 from api.errors import ApiError, ErrorSchema
 from api.schemas import EventListQuerySchema, EventListSchema
 from auth.tokens import roles_required
@@ -89,26 +90,9 @@ def create(body: dict) -> dict:
         raise spec_error(exc.problems) from None
     dataset = datasets.create_dataset(_db(), name=body["name"], description=body["description"], kind="build",
                                       spec=body, owner_id=current_user["id"])
-    _enqueue(dataset["id"])
+    enqueue(BUILD_TASK, dataset["id"], DATASETS)
     logger.info("User %s started building dataset %s.", current_user["username"], dataset["id"])
     return datasets.get_dataset(_db(), dataset["id"])
-
-
-def _enqueue(dataset_id: uuid.UUID) -> None:
-    """Publish the build task; if the broker cannot take it, end the job failed and answer 503."""
-    timeout = _settings().broker_timeout
-    try:
-        current_app.extensions["clara_celery"].send_task(
-            BUILD_TASK, args=[str(dataset_id)], task_id=str(dataset_id), retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": timeout / 4,
-                          "interval_max": timeout / 2},
-        )
-    except Exception as exc:  # kombu raises several types for a broker that is down or refusing.
-        logger.error("Could not queue dataset job %s: %s", dataset_id, exc)
-        jobs.mark_enqueue_failed(_db(), dataset_id, "the job queue was unavailable", kind=DATASETS)
-        raise ApiError(503, "The job queue is unavailable; the dataset was not queued. Try again shortly.",
-                       "broker_unavailable", {"dataset_id": str(dataset_id)}) from None
-    jobs.mark_queued(_db(), dataset_id, str(dataset_id), kind=DATASETS)
 
 
 @blp.route("", methods=["GET"])

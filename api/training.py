@@ -13,6 +13,7 @@ from flask import Response, current_app, stream_with_context
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
+from api.enqueue import enqueue
 from api.errors import ApiError, ErrorSchema
 from api.paths import PathRejected, resolve_base_model, resolve_dataset
 from api.schemas import (
@@ -98,7 +99,7 @@ def submit(body: dict) -> dict:
         owner_id=current_user["id"], dataset_id=body.get("dataset_id"),
         validation_path=str(validation_path) if validation_path else None,
     )
-    _enqueue(job["id"])
+    enqueue(TRAIN_TASK, job["id"], jobs.TRAINING)
     logger.info("User %s submitted training job %s.", current_user["username"], job["id"])
     return jobs.get_job(_db(), job["id"])
 
@@ -120,24 +121,6 @@ def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:
         raise PathRejected("has bad records: " + "; ".join(problems))
     validation = directory / "validation.jsonl"
     return train, validation if validation.is_file() and validation.stat().st_size else None
-
-
-def _enqueue(job_id: uuid.UUID) -> None:
-    """Publish the job's task; if the broker cannot take it, end the job failed and answer 503."""
-    celery = current_app.extensions["clara_celery"]
-    timeout = _settings().broker_timeout
-    try:
-        celery.send_task(
-            TRAIN_TASK, args=[str(job_id)], task_id=str(job_id), retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": timeout / 4,
-                          "interval_max": timeout / 2},
-        )
-    except Exception as exc:  # kombu raises several types for a broker that is down or refusing.
-        logger.error("Could not queue training job %s: %s", job_id, exc)
-        jobs.mark_enqueue_failed(_db(), job_id, "the job queue was unavailable")
-        raise ApiError(503, "The job queue is unavailable; the job was not queued. Try again shortly.",
-                       "broker_unavailable", {"job_id": str(job_id)}) from None
-    jobs.mark_queued(_db(), job_id, str(job_id))
 
 
 @blp.route("", methods=["GET"])
