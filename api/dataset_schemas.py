@@ -5,7 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from api.schemas import JOB_STATUSES, InputSchema
+from api.schemas import JOB_STATUSES, InputSchema, JobStateSchema
 
 SPLITS = ("train", "validation")
 FILE_FORMATS = ("jsonl", "parquet", "csv")
@@ -65,35 +65,16 @@ class UploadFileSchema(ma.Schema):
     file = fields.Raw(metadata={"type": "string", "format": "binary"}, required=True)
 
 
-class DatasetSchema(ma.Schema):
+class DatasetSchema(JobStateSchema):
     """A dataset: its build job's state and, once built, its manifest."""
 
     object = fields.Constant("dataset")
-    id = fields.UUID()
     name = fields.String()
     description = fields.String()
     kind = fields.String(metadata={"description": "build or upload"})
-    status = fields.String(validate=validate.OneOf(JOB_STATUSES))
-    is_terminal = fields.Method("_is_terminal")
-    owner = fields.String()
     spec = fields.Dict()
-    created_at = fields.DateTime()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
     progress = fields.Dict()
     manifest = fields.Dict(allow_none=True)
-    error = fields.Method("_error", allow_none=True)
-    attempts = fields.Integer()
-    worker = fields.String(allow_none=True)
-    cancel_requested = fields.Boolean()
-
-    def _is_terminal(self, dataset: dict) -> bool:
-        return dataset["status"] in ("completed", "failed", "cancelled")
-
-    def _error(self, dataset: dict) -> dict | None:
-        if not dataset["error_code"]:
-            return None
-        return {"code": dataset["error_code"], "message": dataset["error_message"]}
 
 
 class DatasetListSchema(ma.Schema):

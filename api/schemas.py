@@ -161,27 +161,16 @@ class JobErrorSchema(ma.Schema):
     message = fields.String()
 
 
-class JobSchema(ma.Schema):
-    """A training job as users see it."""
+class JobStateSchema(ma.Schema):
+    """What every job shows of its life: status, timing, attempts, error."""
 
-    object = fields.Constant("training.job")
     id = fields.UUID()
-    job_name = fields.String()
-    trainer_type = fields.String()
     status = fields.String(validate=validate.OneOf(JOB_STATUSES))
     is_terminal = fields.Method("_is_terminal")
-    base_model = fields.String()
-    dataset_path = fields.String()
-    dataset_id = fields.UUID(allow_none=True)
-    hyperparameters = fields.Dict()
-    metadata = fields.Dict()
     owner = fields.String()
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
-    progress = fields.Method("_progress")
-    metrics = fields.Method("_metrics")
-    adapter_path = fields.String(allow_none=True)
     error = fields.Method("_error", allow_none=True)
     attempts = fields.Integer()
     worker = fields.String(allow_none=True)
@@ -190,17 +179,33 @@ class JobSchema(ma.Schema):
     def _is_terminal(self, job: dict) -> bool:
         return job["status"] in ("completed", "failed", "cancelled")
 
+    def _error(self, job: dict) -> dict | None:
+        if not job["error_code"]:
+            return None
+        return {"code": job["error_code"], "message": job["error_message"]}
+
+
+class JobSchema(JobStateSchema):
+    """A training job as users see it."""
+
+    object = fields.Constant("training.job")
+    job_name = fields.String()
+    trainer_type = fields.String()
+    base_model = fields.String()
+    dataset_path = fields.String()
+    dataset_id = fields.UUID(allow_none=True)
+    hyperparameters = fields.Dict()
+    metadata = fields.Dict()
+    progress = fields.Method("_progress")
+    metrics = fields.Method("_metrics")
+    adapter_path = fields.String(allow_none=True)
+
     def _progress(self, job: dict) -> dict:
         defaults = {"step": 0, "total_steps": None, "epoch": 0.0, "percent": 0.0, "eta_seconds": None}
         return {**defaults, **job["progress"]}
 
     def _metrics(self, job: dict) -> dict:
         return {"train_loss": None, "trained_tokens": 0, "tokens_per_second": None, **job["metrics"]}
-
-    def _error(self, job: dict) -> dict | None:
-        if not job["error_code"]:
-            return None
-        return {"code": job["error_code"], "message": job["error_message"]}
 
 
 class JobListSchema(ma.Schema):

@@ -6,6 +6,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -52,14 +53,32 @@ def template_database() -> Iterator[str]:
     _admin_execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@contextmanager
+def fresh_database(prefix: str, template: str | None = None) -> Iterator[str]:
+    """Create a database (a copy of template, or empty), yield its URL, and drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+    _admin_execute(statement)
+    try:
+        yield _database_url(name)
+    finally:
+        _admin_execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def database_url(template_database: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database of this test's own."""
-    name = f"clara_test_{uuid.uuid4().hex[:12]}"
-    statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}")
-    _admin_execute(statement.format(sql.Identifier(name), sql.Identifier(template_database)))
-    yield _database_url(name)
-    _admin_execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database("clara_test", template_database) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url() -> Iterator[str]:
+    """An empty PostgreSQL database of this test's own, with no Clara schema."""
+    with fresh_database("clara_test_empty") as url:
+        yield url
 
 
 @pytest.fixture

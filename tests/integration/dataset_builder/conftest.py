@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
-from psycopg2 import sql
 
 from dataset_builder.sources import DocumentTable, SourceContext
 
-ADMIN_DATABASE_URL = os.environ.get("CLARA_TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _admin(statement: sql.Composable) -> None:
-    conn = psycopg2.connect(ADMIN_DATABASE_URL)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        conn.close()
-
 
 @pytest.fixture
-def source_database_url() -> Iterator[str]:
-    """An empty database of this test's own, dropped afterwards."""
-    name = f"clara_test_src_{uuid.uuid4().hex[:12]}"
-    _admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield ADMIN_DATABASE_URL.rsplit("/", 1)[0] + "/" + name
-    _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def source_database_url(empty_database_url: str) -> str:
+    """An empty database of this test's own, where the sources find their documents table."""
+    return empty_database_url
 
 
 @pytest.fixture
