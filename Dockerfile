@@ -16,6 +16,8 @@ ENV PYTHONUNBUFFERED=1 \
     CLARA_DATA_DIR=/srv/clara/data \
     CLARA_MODELS_DIR=/srv/clara/models \
     CLARA_OUTPUT_DIR=/srv/clara/outputs \
+    CLARA_CHECKPOINTS_DIR=/srv/clara/checkpoints \
+    CLARA_CACHE_DIR=/srv/clara/cache/clara \
     HF_HOME=/srv/clara/cache/huggingface
 
 # A fixed UID/GID, so that files on shared storage (NFS and the like) belong to the same user on every host.
@@ -23,7 +25,8 @@ ARG CLARA_UID=10001
 RUN groupadd --system --gid "${CLARA_UID}" clara \
  && useradd --system --uid "${CLARA_UID}" --gid clara --home-dir /home/clara --create-home \
         --shell /usr/sbin/nologin clara \
- && mkdir -p /srv/clara/data /srv/clara/models /srv/clara/outputs /srv/clara/cache/huggingface \
+ && mkdir -p /srv/clara/data /srv/clara/models /srv/clara/outputs /srv/clara/checkpoints \
+        /srv/clara/cache/huggingface /srv/clara/cache/clara \
  && chown -R clara:clara /srv/clara
 
 WORKDIR /app

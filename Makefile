@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install services demo demo-data test test-unit test-integration test-e2e lint bench-datasets api worker worker-cpu flower tiny-model clean
+.PHONY: install services demo demo-data test test-unit test-integration test-e2e lint bench-datasets bench-training api worker worker-cpu flower tiny-model clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ demo-data: install services
 
 bench-datasets: install services
 	$(PY) benchmarks/bench_datasets.py
+
+bench-training: install
+	$(PY) benchmarks/bench_training.py
 
 test: install services
 	$(PY) -m pytest

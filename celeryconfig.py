@@ -8,7 +8,9 @@ from settings import Settings
 
 # Extra time past the longest allowed job before Redis hands an unacknowledged task to another worker.
 VISIBILITY_MARGIN_SECONDS = 3600
-# After the soft limit the task records the job failed; the hard limit kills a child that does not stop.
+# The trainer stops itself at the job time limit after a checkpoint; Celery's soft limit is the backstop
+# for a step that never ends, and the hard limit kills a child that ignores even that.
+SOFT_LIMIT_MARGIN_SECONDS = 120
 HARD_LIMIT_MARGIN_SECONDS = 300
 
 TASK_ROUTES = {
@@ -35,8 +37,8 @@ def build(settings: Settings) -> dict[str, Any]:
         "task_routes": TASK_ROUTES,
         "task_annotations": {
             "clara.train_job": {
-                "soft_time_limit": settings.job_time_limit,
-                "time_limit": settings.job_time_limit + HARD_LIMIT_MARGIN_SECONDS,
+                "soft_time_limit": settings.job_time_limit + SOFT_LIMIT_MARGIN_SECONDS,
+                "time_limit": settings.job_time_limit + SOFT_LIMIT_MARGIN_SECONDS + HARD_LIMIT_MARGIN_SECONDS,
             },
         },
         "task_default_queue": "cpu",

@@ -52,6 +52,10 @@ class Settings:
     """Local base models; base_model may name a directory in it. Shared storage across hosts."""
     output_dir: Path = Path("var/outputs")
     """Adapters are written to <output_dir>/<job id>/. Shared storage across hosts."""
+    checkpoints_dir: Path = Path("var/checkpoints")
+    """Checkpoints of running jobs, in <checkpoints_dir>/<job id>/. Shared storage, so any host can resume."""
+    cache_dir: Path = Path("var/cache")
+    """Encoded datasets, reused while data, tokenizer and settings match. Local to each host is fine."""
     allow_hub_models: bool = True
     """Accept a Hugging Face hub id as base_model when no local directory has that name."""
     bootstrap_admin_password: str = ""
@@ -61,7 +65,7 @@ class Settings:
     refresh_token_days: int = 30
     """Lifetime of refresh tokens."""
     job_time_limit: int = 24 * 3600
-    """Longest a training job may run, in seconds, before it ends failed (time_limit); Redis redelivers after more."""
+    """Longest a training attempt may run, in seconds; then it saves a checkpoint and ends failed (time_limit)."""
     max_attempts: int = 3
     """Deliveries of one job before it ends failed."""
     lease_seconds: int = 60
@@ -180,6 +184,8 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         data_dir=settings.data_dir.resolve(),
         models_dir=settings.models_dir.resolve(),
         output_dir=settings.output_dir.resolve(),
+        checkpoints_dir=settings.checkpoints_dir.resolve(),
+        cache_dir=settings.cache_dir.resolve(),
         datasets_dir=settings.datasets_dir.resolve(),
         chroma_path=settings.chroma_path.resolve(),
         source_database_url=settings.source_database_url or settings.database_url,

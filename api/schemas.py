@@ -8,10 +8,16 @@ import marshmallow as ma
 from marshmallow import fields, validate
 
 from auth.users import ROLES
-from trainers.config import EXCLUSIVE_MIN, HYPERPARAMETER_BOUNDS, LoraHyperparameters, TrainingConfigError
+from trainers.config import (
+    EXCLUSIVE_MIN,
+    HYPERPARAMETER_BOUNDS,
+    QUANTIZATION_BITS,
+    TRAINER_TYPES,
+    LoraHyperparameters,
+    TrainingConfigError,
+)
 
 JOB_STATUSES = ("pending", "queued", "running", "completed", "failed", "cancelled")
-TRAINER_TYPES = ("lora", "qlora", "continuous")
 MAX_METADATA_BYTES = 16 * 1024
 
 
@@ -50,6 +56,24 @@ class TargetModules(fields.Field):
         raise ma.ValidationError('Must be "all-linear" or a list of module names.')
 
 
+class StrictBoolean(fields.Boolean):
+    """A JSON true or false; marshmallow's Boolean would also take "yes", 1 and "on"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class Packing(fields.Field):
+    """true, false or "auto"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ma.ValidationError('Must be true, false or "auto".')
+
+
 class HyperparametersSchema(InputSchema):
     """Training hyperparameters; omitted ones take the defaults shown in the job."""
 
@@ -65,6 +89,21 @@ class HyperparametersSchema(InputSchema):
     target_modules = TargetModules(allow_none=True, metadata={"example": ["q_proj", "v_proj"]})
     warmup_ratio = _bounded(StrictFloat, "warmup_ratio")
     seed = _bounded(fields.Integer, "seed")
+    packing = Packing(metadata={"description": 'Pack short records into full sequences; "auto" packs mixed lengths.',
+                                "example": "auto"})
+    gradient_checkpointing = StrictBoolean(allow_none=True,
+                                            metadata={"description": "Default: on for qlora, off otherwise."})
+    quantization_bits = fields.Integer(strict=True, allow_none=True, validate=validate.OneOf(QUANTIZATION_BITS),
+                                       metadata={"description": "qlora only: 4 (NF4, the default) or 8."})
+    save_steps = _bounded(fields.Integer, "save_steps", allow_none=True,
+                          metadata={"description": "Steps between checkpoints; default about a tenth of the run."})
+    save_total_limit = _bounded(fields.Integer, "save_total_limit")
+    validation_split = _bounded(StrictFloat, "validation_split",
+                                metadata={"description": "Share of the training file held out for evaluation."})
+    eval_steps = _bounded(fields.Integer, "eval_steps", allow_none=True)
+    early_stopping_patience = _bounded(fields.Integer, "early_stopping_patience", allow_none=True)
+    replay_fraction = _bounded(StrictFloat, "replay_fraction",
+                               metadata={"description": "continuous only: share of the parent's records replayed."})
 
     @ma.post_load
     def _complete(self, data: dict, **kwargs) -> dict:
@@ -91,9 +130,12 @@ class JobCreateSchema(InputSchema):
     job_name = fields.String(required=True, validate=validate.Length(min=1, max=200),
                              metadata={"example": "citizen-faq-v1"})
     trainer_type = fields.String(load_default="lora", validate=validate.OneOf(TRAINER_TYPES))
-    base_model = fields.String(required=True, validate=validate.Length(min=1, max=300),
-                               metadata={"description": "A hub id, or a directory name under CLARA_MODELS_DIR.",
+    base_model = fields.String(validate=validate.Length(min=1, max=300),
+                               metadata={"description": "A hub id, or a directory name under CLARA_MODELS_DIR. "
+                                                        "A continuous job takes its parent's.",
                                          "example": "tiny-llama"})
+    parent_job_id = fields.UUID(metadata={"description": "continuous only: the completed job whose adapter "
+                                                         "training continues."})
     dataset_path = fields.String(validate=validate.Length(min=1, max=1000),
                                  metadata={"description": "A JSONL file under CLARA_DATA_DIR (or give dataset_id).",
                                            "example": "demo-train.jsonl"})
@@ -109,6 +151,30 @@ class JobCreateSchema(InputSchema):
         if len(given) != 1:
             message = "Give exactly one of dataset_path and dataset_id."
             raise ma.ValidationError({name: [message] for name in (given or ["dataset_path", "dataset_id"])})
+
+    @ma.validates_schema
+    def _trainer_type_fields(self, data: dict, **kwargs) -> None:
+        """A continuous job names its parent; other jobs name a base model; settings fit the type."""
+        errors: dict[str, list[str]] = {}
+        trainer_type = data.get("trainer_type", "lora")
+        if trainer_type == "continuous":
+            if data.get("parent_job_id") is None:
+                errors["parent_job_id"] = ["A continuous job needs the id of the job it continues."]
+        else:
+            if data.get("parent_job_id") is not None:
+                errors["parent_job_id"] = ["Only continuous jobs have a parent job."]
+            if not data.get("base_model"):
+                errors["base_model"] = ["Missing data for required field."]
+        hyperparameters = data.get("hyperparameters") or {}
+        try:
+            problems = LoraHyperparameters.from_dict(hyperparameters).trainer_type_problems(trainer_type)
+        except TrainingConfigError:
+            problems = []  # The nested schema already reported these.
+        for problem in problems:
+            name, _, message = problem.partition(": ")
+            errors.setdefault("hyperparameters", {}).setdefault(name, []).append(message)
+        if errors:
+            raise ma.ValidationError(errors)
 
     @ma.post_load
     def _defaults(self, data: dict, **kwargs) -> dict:
@@ -199,6 +265,8 @@ class JobSchema(JobStateSchema):
     progress = fields.Method("_progress")
     metrics = fields.Method("_metrics")
     adapter_path = fields.String(allow_none=True)
+    parent_job_id = fields.UUID(allow_none=True, metadata={"description": "The job this one continues."})
+    children = fields.List(fields.UUID(), metadata={"description": "Continuous jobs that continue this one."})
 
     def _progress(self, job: dict) -> dict:
         defaults = {"step": 0, "total_steps": None, "epoch": 0.0, "percent": 0.0, "eta_seconds": None}
@@ -214,6 +282,33 @@ class JobListSchema(ma.Schema):
     object = fields.Constant("list")
     data = fields.List(fields.Nested(JobSchema))
     has_more = fields.Boolean()
+
+
+class CheckpointMetricsSchema(ma.Schema):
+    """Losses when a checkpoint was saved."""
+
+    train_loss = fields.Float(allow_none=True)
+    eval_loss = fields.Float(allow_none=True)
+
+
+class CheckpointSchema(ma.Schema):
+    """A complete checkpoint of a training job."""
+
+    object = fields.Constant("training.job.checkpoint")
+    id = fields.String(metadata={"example": "checkpoint-200"})
+    step = fields.Integer()
+    created_at = fields.DateTime()
+    metrics = fields.Method("_metrics")
+
+    def _metrics(self, checkpoint: dict) -> dict:
+        return {"train_loss": None, "eval_loss": None, **checkpoint["metrics"]}
+
+
+class CheckpointListSchema(ma.Schema):
+    """A job's checkpoints, oldest first."""
+
+    object = fields.Constant("list")
+    data = fields.List(fields.Nested(CheckpointSchema))
 
 
 class EventSchema(ma.Schema):

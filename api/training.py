@@ -17,6 +17,7 @@ from api.enqueue import enqueue
 from api.errors import ApiError, ErrorSchema
 from api.paths import PathRejected, resolve_base_model, resolve_dataset
 from api.schemas import (
+    CheckpointListSchema,
     EventListQuerySchema,
     EventListSchema,
     JobCreateSchema,
@@ -25,7 +26,7 @@ from api.schemas import (
     JobSchema,
 )
 from auth.tokens import roles_required
-from records import datasets, jobs
+from records import checkpoints, datasets, jobs
 from settings import Settings
 from trainers.record_format import dataset_problems
 
@@ -35,7 +36,6 @@ blp = Blueprint("training", __name__, url_prefix="/api/training/jobs",
                 description="Submit, follow, cancel and download LoRA training jobs.")
 
 TRAIN_TASK = "clara.train_job"
-SUPPORTED_TRAINERS = ("lora",)
 
 
 def _settings() -> Settings:
@@ -72,13 +72,18 @@ def _field_error(field: str, message: str) -> ApiError:
 def submit(body: dict) -> dict:
     """Submit a training job; it is queued for a GPU worker and answered at once."""
     settings = _settings()
-    if body["trainer_type"] not in SUPPORTED_TRAINERS:
-        raise _field_error("trainer_type", f"{body['trainer_type']!r} is not supported yet; use lora.")
-    problems = {}
-    try:
-        base_model = resolve_base_model(settings, body["base_model"])
-    except PathRejected as exc:
-        problems["base_model"] = [str(exc)]
+    problems: dict[str, list[str]] = {}
+    base_model = body.get("base_model")
+    if body.get("parent_job_id") is not None:
+        try:
+            base_model = _parent_base_model(body["parent_job_id"], body.get("base_model"))
+        except PathRejected as exc:
+            problems["parent_job_id"] = [str(exc)]
+    elif base_model is not None:
+        try:
+            base_model = resolve_base_model(settings, base_model)
+        except PathRejected as exc:
+            problems["base_model"] = [str(exc)]
     dataset_path = validation_path = None
     if body.get("dataset_id") is not None:
         try:
@@ -97,11 +102,28 @@ def submit(body: dict) -> dict:
         _db(), job_name=body["job_name"], trainer_type=body["trainer_type"], base_model=base_model,
         dataset_path=str(dataset_path), hyperparameters=body["hyperparameters"], metadata=body["metadata"],
         owner_id=current_user["id"], dataset_id=body.get("dataset_id"),
-        validation_path=str(validation_path) if validation_path else None,
+        validation_path=str(validation_path) if validation_path else None, parent_job_id=body.get("parent_job_id"),
     )
     enqueue(TRAIN_TASK, job["id"], jobs.TRAINING)
     logger.info("User %s submitted training job %s.", current_user["username"], job["id"])
     return jobs.get_job(_db(), job["id"])
+
+
+def _parent_base_model(parent_job_id: uuid.UUID, base_model: str | None) -> str:
+    """The base model of the job a continuous job continues: the caller's own completed job, or any for admins."""
+    owner = current_user["id"] if current_user["role"] != "admin" else None
+    try:
+        parent = jobs.get_job(_db(), parent_job_id, owner_id=owner)
+    except jobs.JobNotFound:
+        raise PathRejected(f"no training job {parent_job_id} of yours") from None
+    if parent["status"] != "completed" or not parent["adapter_path"]:
+        raise PathRejected(f"job {parent_job_id} is {parent['status']}; only a completed job can be continued")
+    if not Path(parent["adapter_path"]).is_dir():
+        raise PathRejected(f"the adapter of job {parent_job_id} is no longer on disk")
+    if base_model is not None and resolve_base_model(_settings(), base_model) != parent["base_model"]:
+        raise PathRejected(f"job {parent_job_id} was trained on {parent['base_model']}; a continuous job keeps "
+                           "its parent's base model (leave base_model out)")
+    return parent["base_model"]
 
 
 def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:
@@ -154,6 +176,15 @@ def events(query: dict, job_id: uuid.UUID) -> dict:
     _load_visible(job_id)
     rows, has_more = jobs.list_events(_db(), job_id, after=query.get("after"), limit=query["limit"])
     return {"data": rows, "has_more": has_more}
+
+
+@blp.route("/<uuid:job_id>/checkpoints", methods=["GET"])
+@jwt_required()
+@blp.response(200, CheckpointListSchema)
+def checkpoint_list(job_id: uuid.UUID) -> dict:
+    """A job's complete checkpoints, oldest first: step, time and losses of each."""
+    _load_visible(job_id)
+    return {"data": checkpoints.list_checkpoints(_db(), job_id)}
 
 
 def _cancel(job_id: uuid.UUID) -> dict:

@@ -64,18 +64,21 @@ def renew_lease(db: Database, job_id: uuid.UUID, attempt_id: str, lease_seconds:
         return cur.rowcount == 1
 
 
-def record_progress(db: Database, job_id: uuid.UUID, attempt_id: str, progress: dict[str, Any],
+def record_progress(db: Database, job_id: uuid.UUID, attempt_id: str, progress: dict[str, Any] | None,
                     metrics: dict[str, Any], event: str | None = None, kind: JobTable = TRAINING) -> bool:
-    """Store the attempt's latest progress and metrics, optionally as an event; False if it lost the job."""
+    """Store the attempt's latest progress (None keeps it) and metrics, optionally as an event.
+
+    Returns False when the attempt lost the job.
+    """
     with db.transaction() as cur:
         cur.execute(
-            kind.query("UPDATE {table} SET progress = %s, metrics = metrics || %s"
+            kind.query("UPDATE {table} SET progress = coalesce(%s, progress), metrics = metrics || %s"
                        " WHERE id = %s AND lease_owner = %s AND status = 'running'"),
-            (Json(progress), Json(metrics), job_id, attempt_id),
+            (Json(progress) if progress is not None else None, Json(metrics), job_id, attempt_id),
         )
         owned = cur.rowcount == 1
         if owned and event:
-            add_event(cur, job_id, "progress", event, data={**progress, **metrics}, kind=kind)
+            add_event(cur, job_id, "progress", event, data={**(progress or {}), **metrics}, kind=kind)
     return owned
 
 

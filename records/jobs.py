@@ -22,7 +22,9 @@ _JOB_COLUMNS = """
     j.id, j.job_name, j.trainer_type, j.status, j.base_model, j.dataset_path, j.hyperparameters,
     j.metadata, j.owner_id, u.username AS owner, j.created_at, j.started_at, j.finished_at,
     j.progress, j.metrics, j.adapter_path, j.error_code, j.error_message, j.attempts, j.worker,
-    j.task_id, j.cancel_requested, j.dataset_id, j.validation_path
+    j.task_id, j.cancel_requested, j.dataset_id, j.validation_path, j.parent_job_id,
+    coalesce((SELECT array_agg(c.id ORDER BY c.created_at, c.id) FROM training_jobs c
+              WHERE c.parent_job_id = j.id), '{}') AS children
 """
 _JOB_FROM = "training_jobs j JOIN users u ON u.id = j.owner_id"
 
@@ -87,16 +89,17 @@ def add_event(cur, job_id: uuid.UUID, type_: str, message: str, level: str = "in
 
 def create_job(db: Database, *, job_name: str, trainer_type: str, base_model: str, dataset_path: str,
                hyperparameters: dict[str, Any], metadata: dict[str, Any], owner_id: int,
-               dataset_id: uuid.UUID | None = None, validation_path: str | None = None) -> dict[str, Any]:
+               dataset_id: uuid.UUID | None = None, validation_path: str | None = None,
+               parent_job_id: uuid.UUID | None = None) -> dict[str, Any]:
     """Record a new job as pending and return it."""
     job_id = uuid.uuid4()
     with db.transaction() as cur:
         cur.execute(
             "INSERT INTO training_jobs (id, job_name, trainer_type, status, base_model, dataset_path,"
-            " hyperparameters, metadata, owner_id, dataset_id, validation_path)"
-            " VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s, %s)",
+            " hyperparameters, metadata, owner_id, dataset_id, validation_path, parent_job_id)"
+            " VALUES (%s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s, %s, %s)",
             (job_id, job_name, trainer_type, base_model, dataset_path, Json(hyperparameters),
-             Json(metadata), owner_id, dataset_id, validation_path),
+             Json(metadata), owner_id, dataset_id, validation_path, parent_job_id),
         )
         add_event(cur, job_id, "status", "Job created.", data={"status": "pending"})
     return get_job(db, job_id)

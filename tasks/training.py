@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -15,13 +16,15 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from records import attempts
+from records import attempts, checkpoints
 from records.db import Database, DatabaseUnavailable
-from records.jobs import Claim
+from records.jobs import TRAINING, Claim, JobNotFound, add_event, get_job
 from settings import Settings
 from tasks.leases import LeaseKeeper
+from trainers.checkpoints import Checkpoint, CheckpointStore
 from trainers.config import LoraHyperparameters, TrainingConfigError
-from trainers.progress import TrainingProgress
+from trainers.continuous import ParentJob
+from trainers.progress import ProgressReporter, TrainingProgress
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +84,11 @@ def run_training_job(db: Database, settings: Settings, job_id: uuid.UUID, *, wor
         return {"job_id": str(job_id), "outcome": claim.outcome.value}
     job = claim.job
     logger.info("Attempt %s of job %s started on %s.", job["attempts"], job_id, worker)
-    reporter = JobReporter(db, job_id, attempt_id, publish)
+    reporter = JobReporter(db, job_id, attempt_id, publish, deadline=time.monotonic() + settings.job_time_limit)
     lease = LeaseKeeper(db, job_id, attempt_id, settings.lease_seconds, on_lost=reporter.lose_lease)
     lease.start()
     try:
-        status, message, fields = _train(job, settings, reporter)
+        status, message, fields = _published_earlier(job, settings) or _train(db, job, settings, reporter)
     finally:
         lease.stop()
     attempts.finish(db, job_id, attempt_id, status, message, **fields)
@@ -93,25 +96,70 @@ def run_training_job(db: Database, settings: Settings, job_id: uuid.UUID, *, wor
     return {"job_id": str(job_id), "outcome": status}
 
 
-def _train(job: dict[str, Any], settings: Settings, reporter: JobReporter) -> tuple[str, str, dict[str, Any]]:
+def _published_earlier(job: dict[str, Any], settings: Settings) -> tuple[str, str, dict[str, Any]] | None:
+    """A complete adapter from an attempt that died before recording it: the job is done, not retrained."""
+    from trainers.lora import ADAPTER_CONFIG, METRICS_FILE
+
+    output_dir = settings.output_dir / str(job["id"])
+    try:
+        metrics = json.loads((output_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (output_dir / ADAPTER_CONFIG).is_file():
+        return None
+    logger.info("Job %s already has a published adapter in %s; recording it as completed.", job["id"], output_dir)
+    return "completed", "Job completed (its adapter was published by an earlier attempt).", {
+        "metrics": metrics, "columns": {"adapter_path": str(output_dir)}}
+
+
+def _request(db: Database, job: dict[str, Any], settings: Settings) -> Any:
+    """The trainer's request for this job, its parent's adapter and data included."""
+    from trainers.lora import TrainingRequest
+
+    parent = None
+    if job.get("parent_job_id") is not None:
+        try:
+            row = get_job(db, job["parent_job_id"])
+        except JobNotFound:
+            raise TrainingConfigError([f"parent_job_id: no job {job['parent_job_id']}"]) from None
+        if row["status"] != "completed" or not row["adapter_path"]:
+            raise TrainingConfigError([f"parent_job_id: job {row['id']} has no adapter (status {row['status']})"])
+        bits = (row["metrics"] or {}).get("quantization_bits")
+        parent = ParentJob(adapter_dir=Path(row["adapter_path"]), dataset_path=Path(row["dataset_path"]),
+                           validation_path=Path(row["validation_path"]) if row["validation_path"] else None,
+                           hyperparameters=LoraHyperparameters.from_dict(row["hyperparameters"]),
+                           quantization_bits=bits)
+    return TrainingRequest(
+        base_model=job["base_model"],
+        dataset_path=Path(job["dataset_path"]),
+        output_dir=settings.output_dir / str(job["id"]),
+        hyperparameters=LoraHyperparameters.from_dict(job["hyperparameters"]),
+        trainer_type=job["trainer_type"],
+        validation_path=Path(job["validation_path"]) if job.get("validation_path") else None,
+        parent=parent,
+        checkpoint_dir=settings.checkpoints_dir / str(job["id"]),
+        cache_dir=settings.cache_dir / "tokens",
+    )
+
+
+def _train(db: Database, job: dict[str, Any], settings: Settings,
+           reporter: JobReporter) -> tuple[str, str, dict[str, Any]]:
     """Run the trainer and translate its outcome into (status, event message, finish fields)."""
     # Imported here so the API, which enqueues by name, never loads torch.
-    from trainers.lora import ModelLoadError, TrainingRequest, train
+    from trainers.lora import ModelLoadError, OutOfMemory, train
 
     try:
-        request = TrainingRequest(
-            base_model=job["base_model"],
-            dataset_path=Path(job["dataset_path"]),
-            output_dir=settings.output_dir / str(job["id"]),
-            hyperparameters=LoraHyperparameters.from_dict(job["hyperparameters"]),
-        )
+        request = _request(db, job, settings)
+        reporter.note_resume(CheckpointStore(request.checkpoint_dir, 1))
         result = train(request, reporter)
     except TrainingConfigError as exc:
         return "failed", f"Job failed: {exc}", {"error": ("invalid_configuration", str(exc))}
     except ModelLoadError as exc:
         return "failed", f"Job failed: {exc}", {"error": ("model_load_failed", str(exc))}
+    except OutOfMemory as exc:
+        return "failed", f"Job failed: {exc}", {"error": ("out_of_memory", str(exc))}
     except SoftTimeLimitExceeded:
-        message = f"The job ran longer than its time limit of {settings.job_time_limit} seconds."
+        message = f"The job ran past its time limit of {settings.job_time_limit} seconds in the middle of a step."
         return "failed", f"Job failed: {message}", {"error": ("time_limit", message)}
     except Exception as exc:
         logger.exception("Training job %s failed.", job["id"])
@@ -121,19 +169,26 @@ def _train(job: dict[str, Any], settings: Settings, reporter: JobReporter) -> tu
         return "completed", "Job completed.", {"metrics": result.metrics,
                                                "columns": {"adapter_path": str(result.adapter_dir)}}
     step = reporter.last_step
+    if result.status == "time_limit":
+        saved = reporter.last_checkpoint_step
+        where = f"; a checkpoint at step {saved} was saved" if saved is not None else ""
+        message = f"The job reached its time limit of {settings.job_time_limit} seconds at step {step}{where}."
+        return "failed", f"Job failed: {message}", {"metrics": result.metrics, "error": ("time_limit", message)}
     return "cancelled", f"Job cancelled at step {step}.", {"metrics": result.metrics}
 
 
-class JobReporter:
+class JobReporter(ProgressReporter):
     """Carries the trainer's progress to the job row, its events and Celery, and the cancel flag back."""
 
     def __init__(self, db: Database, job_id: uuid.UUID, attempt_id: str,
-                 publish: Callable[[dict[str, Any]], None] | None) -> None:
+                 publish: Callable[[dict[str, Any]], None] | None, deadline: float | None = None) -> None:
         self.db = db
         self.job_id = job_id
         self.attempt_id = attempt_id
         self.publish = publish
+        self.deadline = deadline
         self.last_step = 0
+        self.last_checkpoint_step: int | None = None
         self._last_write = 0.0
         self._last_cancel_check = 0.0
         self._stop = False
@@ -181,3 +236,52 @@ class JobReporter:
             except DatabaseUnavailable as exc:
                 logger.warning("Could not check job %s for a cancel: %s", self.job_id, exc)
         return self._stop or self._lost_lease.is_set()
+
+    def out_of_time(self) -> bool:
+        """True once this attempt has used up the job time limit."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def evaluated(self, step: int, metrics: dict[str, float | None]) -> None:
+        """Store an evaluation's loss and perplexity with an event."""
+        loss, ppl = metrics.get("eval_loss"), metrics.get("perplexity")
+        text = f"Evaluation at step {step}: eval loss {loss:.4f}" + (f", perplexity {ppl:.2f}." if ppl else ".")
+        self._write(lambda: attempts.record_progress(self.db, self.job_id, self.attempt_id, None,
+                                                     {**metrics, "eval_step": step}, text))
+
+    def checkpoint_saved(self, checkpoint: Checkpoint, pruned_steps: list[int]) -> None:
+        """List a complete checkpoint in PostgreSQL, drop the pruned ones, and say so in an event."""
+        self.last_checkpoint_step = checkpoint.step
+
+        def write() -> bool:
+            owned = checkpoints.record(self.db, self.job_id, self.attempt_id, step=checkpoint.step,
+                                       name=checkpoint.path.name, path=str(checkpoint.path),
+                                       created_at=checkpoint.created_at, metrics=checkpoint.metrics,
+                                       pruned_steps=pruned_steps)
+            if owned:
+                with self.db.transaction() as cur:
+                    add_event(cur, self.job_id, "log", f"Checkpoint saved at step {checkpoint.step}.",
+                              data={"checkpoint": checkpoint.to_dict()}, kind=TRAINING)
+            return owned
+
+        self._write(write)
+
+    def note_resume(self, store: CheckpointStore) -> None:
+        """Reconcile the checkpoint index with the disk and record where this attempt resumes."""
+        on_disk = store.list()
+        try:
+            checkpoints.sync(self.db, self.job_id, [checkpoint.step for checkpoint in on_disk])
+            if on_disk:
+                step = on_disk[-1].step
+                with self.db.transaction() as cur:
+                    add_event(cur, self.job_id, "status", f"Resuming from the checkpoint at step {step}.",
+                              data={"resumed_from_step": step}, kind=TRAINING)
+        except DatabaseUnavailable as exc:
+            logger.warning("Could not record the resume of job %s: %s", self.job_id, exc)
+
+    def _write(self, write: Callable[[], bool]) -> None:
+        """Run a write that reports whether this attempt still owns the job; a lost job stops training."""
+        try:
+            if not write():
+                self.lose_lease()
+        except DatabaseUnavailable as exc:
+            logger.warning("Could not record an update of job %s: %s", self.job_id, exc)

@@ -17,6 +17,8 @@ from psycopg2 import sql
 # No test may reach a model hub; the tiny model is made locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Spinning OpenMP threads starve each other when the API, workers and pytest share two cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ADMIN_DATABASE_URL = os.environ.get("CLARA_TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE_URL = os.environ.get("CLARA_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -105,7 +107,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def storage(tmp_path: Path, tiny_model_dir: Path) -> dict[str, Path]:
     """Data, models and outputs directories with the tiny model and the example dataset in place."""
-    dirs = {name: tmp_path / name for name in ("data", "models", "outputs", "datasets", "chroma")}
+    dirs = {name: tmp_path / name for name in ("data", "models", "outputs", "datasets", "chroma", "checkpoints",
+                                               "cache")}
     for path in dirs.values():
         path.mkdir()
     shutil.copytree(tiny_model_dir, dirs["models"] / "tiny-llama")
@@ -124,6 +127,8 @@ def settings_overrides(database_url: str, redis_url: str, storage: dict[str, Pat
         "data_dir": storage["data"],
         "models_dir": storage["models"],
         "output_dir": storage["outputs"],
+        "checkpoints_dir": storage["checkpoints"],
+        "cache_dir": storage["cache"],
         "datasets_dir": storage["datasets"],
         "chroma_path": storage["chroma"],
         "allow_hub_models": False,

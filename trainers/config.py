@@ -22,12 +22,24 @@ HYPERPARAMETER_BOUNDS: dict[str, tuple[float | int, float | int]] = {
     "lora_dropout": (0, 0.9),
     "warmup_ratio": (0, 0.5),
     "seed": (0, 2**32 - 1),
+    "save_steps": (1, 1_000_000),
+    "save_total_limit": (1, 100),
+    "validation_split": (0, 0.5),
+    "eval_steps": (1, 1_000_000),
+    "early_stopping_patience": (1, 1000),
+    "replay_fraction": (0, 1),
 }
 EXCLUSIVE_MIN: frozenset[str] = frozenset({"num_epochs", "learning_rate", "lora_alpha"})
 INTEGER_FIELDS: frozenset[str] = frozenset(
-    {"max_steps", "batch_size", "gradient_accumulation_steps", "max_seq_length", "lora_rank", "seed"}
+    {"max_steps", "batch_size", "gradient_accumulation_steps", "max_seq_length", "lora_rank", "seed",
+     "save_steps", "save_total_limit", "eval_steps", "early_stopping_patience"}
 )
 FLOAT_FIELDS: frozenset[str] = frozenset(HYPERPARAMETER_BOUNDS) - INTEGER_FIELDS
+# Numbers that may be null: null picks a default that depends on the run (its length, its trainer type).
+NULLABLE_FIELDS: frozenset[str] = frozenset({"max_steps", "save_steps", "eval_steps", "early_stopping_patience"})
+QUANTIZATION_BITS = (4, 8)
+PACKING_CHOICES = ("auto", True, False)
+TRAINER_TYPES = ("lora", "qlora", "continuous")
 
 ALL_LINEAR = "all-linear"
 MAX_TARGET_MODULES = 64
@@ -70,6 +82,24 @@ class LoraHyperparameters:
     """Share of the total steps spent warming the learning rate up from zero."""
     seed: int = 42
     """Seed for weight initialisation, dropout and data order."""
+    packing: bool | str = "auto"
+    """Pack short records into full sequences; "auto" packs when record lengths are mixed."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass to save memory; None: on for qlora, off otherwise."""
+    quantization_bits: int | None = None
+    """qlora only: 4 (NF4 with double quantisation) or 8; None means 4 for qlora."""
+    save_steps: int | None = None
+    """Optimizer steps between checkpoints; None: about every tenth of the run."""
+    save_total_limit: int = 2
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
+    validation_split: float = 0.0
+    """Share of the training file held out for evaluation when no validation split is given."""
+    eval_steps: int | None = None
+    """Optimizer steps between evaluations; None: about every tenth of the run."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without a lower eval_loss; None never stops early."""
+    replay_fraction: float = 0.0
+    """continuous only: share of the parent job's training records mixed into the new data."""
 
     def problems(self) -> list[str]:
         """Return every problem with these values as "field: message"; empty when valid."""
@@ -79,7 +109,31 @@ class LoraHyperparameters:
             if problem:
                 found.append(f"{name}: {problem}")
         found.extend(f"target_modules: {problem}" for problem in _target_modules_problems(self.target_modules))
+        if self.packing not in PACKING_CHOICES or not isinstance(self.packing, (bool, str)):
+            found.append('packing: must be true, false or "auto"')
+        if self.gradient_checkpointing is not None and not isinstance(self.gradient_checkpointing, bool):
+            found.append("gradient_checkpointing: must be true, false or null")
+        bits = self.quantization_bits
+        if bits is not None and (isinstance(bits, bool) or bits not in QUANTIZATION_BITS):
+            found.append("quantization_bits: must be 4 or 8")
         return found
+
+    def trainer_type_problems(self, trainer_type: str) -> list[str]:
+        """Return the problems of combining these values with a trainer type."""
+        if trainer_type not in TRAINER_TYPES:
+            return [f"trainer_type: must be one of {', '.join(TRAINER_TYPES)}"]
+        found = []
+        if trainer_type == "lora" and self.quantization_bits is not None:
+            found.append("quantization_bits: only qlora jobs quantise the base model; use trainer_type qlora")
+        if trainer_type == "continuous" and self.quantization_bits is not None:
+            found.append("quantization_bits: a continuous job keeps its parent's quantisation")
+        if trainer_type != "continuous" and self.replay_fraction:
+            found.append("replay_fraction: only continuous jobs replay a parent's data")
+        return found
+
+    def wants_gradient_checkpointing(self, quantized: bool) -> bool:
+        """Whether to checkpoint activations: as asked, else on for quantised models."""
+        return quantized if self.gradient_checkpointing is None else self.gradient_checkpointing
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoraHyperparameters:
@@ -112,7 +166,7 @@ class LoraHyperparameters:
 
 def _number_problem(name: str, value: object) -> str | None:
     """Return why a numeric field's value is unacceptable, or None when it is fine."""
-    if name == "max_steps" and value is None:
+    if name in NULLABLE_FIELDS and value is None:
         return None
     integer = name in INTEGER_FIELDS
     # bool is a subclass of int, but true/false as a step count is always a client mistake.

@@ -13,11 +13,15 @@ import torch
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from trainers import token_cache
 from trainers.record_format import iter_records
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+# Bump whenever the plain templates or encode_record change the tokens a record becomes, so cached
+# encodings made by the old code are not reused.
+TEMPLATE_VERSION = 1
 
 
 class RecordEncodingError(ValueError):
@@ -212,7 +216,39 @@ class EncodedDataset(torch.utils.data.Dataset):
         return sum(len(example["input_ids"]) for example in self.examples)
 
 
-def load_dataset(path: Path, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> EncodedDataset:
+def load_dataset(
+    path: Path, tokenizer: PreTrainedTokenizerBase, max_seq_length: int, cache_dir: Path | None = None
+) -> EncodedDataset:
+    """Read and encode every record of a JSONL file, reusing the encoding cached in cache_dir when it matches."""
+    if cache_dir is None:
+        return _encode_file(path, tokenizer, max_seq_length)
+    try:
+        before = _file_state(path)
+        key = token_cache.cache_key(Path(path), tokenizer, max_seq_length, TEMPLATE_VERSION)
+    except OSError:
+        # An unreadable file gets its proper error from the encoder.
+        return _encode_file(path, tokenizer, max_seq_length)
+    entry = token_cache.read_entry(cache_dir, key)
+    if entry is not None:
+        logger.info("Loaded %s encoded records of %s from the token cache (%s skipped, %s rejected).",
+                    len(entry.examples), path, entry.skipped, entry.rejected)
+        return EncodedDataset(entry.examples, entry.num_records, entry.skipped, entry.rejected)
+    dataset = _encode_file(path, tokenizer, max_seq_length)
+    if _file_state(path) != before:
+        logger.warning("Not caching the encoding of %s because the file changed while it was read.", path)
+    else:
+        token_cache.write_entry(cache_dir, key, token_cache.CacheEntry(
+            dataset.examples, dataset.num_records, dataset.skipped, dataset.rejected))
+    return dataset
+
+
+def _file_state(path: Path) -> tuple[int, int]:
+    """Return a file's size and modification time, which change when it is rewritten."""
+    stat = Path(path).stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _encode_file(path: Path, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> EncodedDataset:
     """Read and encode every record of a JSONL file for causal-LM training."""
     examples: list[dict[str, list[int]]] = []
     num_records = skipped = rejected = 0
@@ -245,7 +281,7 @@ class CausalLMCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
-        """Stack a batch of examples into padded tensors."""
+        """Stack a batch of examples into padded tensors, plus num_real_tokens, the count of unpadded tokens."""
         length = max(len(feature["input_ids"]) for feature in features)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -255,4 +291,6 @@ class CausalLMCollator:
             batch["input_ids"].append(list(feature["input_ids"]) + [self.pad_token_id] * padding)
             batch["attention_mask"].append(list(feature["attention_mask"]) + [0] * padding)
             batch["labels"].append(list(feature["labels"]) + [IGNORE_INDEX] * padding)
-        return {name: torch.tensor(rows, dtype=torch.long) for name, rows in batch.items()}
+        tensors = {name: torch.tensor(rows, dtype=torch.long) for name, rows in batch.items()}
+        tensors["num_real_tokens"] = tensors["attention_mask"].sum()
+        return tensors

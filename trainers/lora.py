@@ -23,18 +23,20 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PrinterCallback,
-    Trainer,
-    TrainingArguments,
     set_seed,
 )
 from transformers.pytorch_utils import Conv1D
 
+from trainers import loop
+from trainers.checkpoints import CheckpointStore
 from trainers.config import ALL_LINEAR, LoraHyperparameters, TrainingConfigError
-from trainers.data import CausalLMCollator, EncodedDataset, load_dataset
+from trainers.continuous import ParentJob, adapter_settings, parent_problems
 from trainers.devices import supports_bf16, training_device
+from trainers.evaluation import perplexity, planned_steps
 from trainers.progress import ProgressReporter, ReporterCallback
+from trainers.quantization import load_quantized_model, quantization_problems
 from trainers.record_format import dataset_problems
+from trainers.training_data import TrainingData, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,10 @@ class ModelLoadError(RuntimeError):
     """The base model or its tokenizer could not be loaded."""
 
 
+class OutOfMemory(RuntimeError):
+    """Training ran out of accelerator memory; the message says what to lower."""
+
+
 @dataclass
 class TrainingRequest:
     """Everything one LoRA training job needs."""
@@ -62,30 +68,62 @@ class TrainingRequest:
     """Directory the finished adapter is published to; must not exist yet or be empty."""
     hyperparameters: LoraHyperparameters = field(default_factory=LoraHyperparameters)
     """Training and LoRA settings."""
+    trainer_type: str = "lora"
+    """lora, qlora (quantised base model) or continuous (start from `parent`'s adapter)."""
+    validation_path: Path | None = None
+    """JSONL file of held-out records; without it, hyperparameters.validation_split holds some out."""
+    parent: ParentJob | None = None
+    """The job a continuous job continues."""
+    checkpoint_dir: Path | None = None
+    """Where checkpoints go; a run finding one here resumes from it. None: no checkpoints."""
+    cache_dir: Path | None = None
+    """Where encoded datasets are cached; None: no cache."""
 
 
 @dataclass
 class TrainingResult:
     """Outcome of a training job."""
 
-    status: Literal["completed", "cancelled"]
-    """Whether the run finished or the reporter cancelled it."""
+    status: Literal["completed", "cancelled", "time_limit"]
+    """Whether the run finished, the reporter cancelled it, or its time ran out after a checkpoint."""
     adapter_dir: Path | None
-    """Directory holding the adapter; None when cancelled."""
+    """Directory holding the adapter; None unless completed."""
     metrics: dict[str, Any]
     """Loss, throughput and size figures of the run."""
+
+
+def quantization_bits(request: TrainingRequest) -> int | None:
+    """Bits the base model is quantised to: qlora's setting (4 by default), a parent's, or None."""
+    if request.trainer_type == "qlora":
+        return request.hyperparameters.quantization_bits or 4
+    if request.trainer_type == "continuous" and request.parent is not None:
+        return request.parent.quantization_bits
+    return None
 
 
 def check_request(request: TrainingRequest) -> None:
     """Validate a request without loading weights; raise one TrainingConfigError listing every problem."""
     hyperparameters = request.hyperparameters
-    problems = list(hyperparameters.problems())
+    problems = list(hyperparameters.problems()) + hyperparameters.trainer_type_problems(request.trainer_type)
     problems.extend(f"dataset: {problem}" for problem in dataset_problems(Path(request.dataset_path)))
+    if request.validation_path is not None:
+        problems.extend(f"validation: {problem}" for problem in dataset_problems(Path(request.validation_path)))
+    elif hyperparameters.early_stopping_patience and not hyperparameters.validation_split:
+        problems.append("early_stopping_patience: needs validation data; set validation_split or train on a "
+                        "dataset with a validation split")
     problems.extend(_output_dir_problems(Path(request.output_dir)))
+    if request.trainer_type == "continuous":
+        problems.extend(parent_problems(request.parent, hyperparameters.replay_fraction))
+    elif request.parent is not None:
+        problems.append(f"parent_job_id: only continuous jobs have a parent, not {request.trainer_type} jobs")
+    bits = quantization_bits(request)
+    if bits is not None and not any(p.startswith("quantization_bits:") for p in problems):
+        problems.extend(quantization_problems(bits, training_device()))
     config, problem = _load_config(str(request.base_model))
     if problem:
         problems.append(problem)
-    elif not any(p.startswith("target_modules:") for p in problems):
+    elif request.trainer_type != "continuous" and not any(p.startswith("target_modules:") for p in problems):
+        # A continuous job keeps its parent's target modules, which were checked when the parent ran.
         problems.extend(_architecture_problems(config, hyperparameters.target_modules))
     if problems:
         raise TrainingConfigError(problems)
@@ -186,71 +224,120 @@ def load_model(base_model: str, device: str, bf16: bool) -> PreTrainedModel:
         raise ModelLoadError(f"Cannot load the model {base_model}: {_reason(error)}") from error
 
 
-def training_arguments(hyperparameters: LoraHyperparameters, scratch_dir: Path, device: str,
-                       bf16: bool) -> TrainingArguments:
-    """Translate hyperparameters into Trainer arguments that log every step and save nothing."""
-    max_steps = hyperparameters.max_steps
-    return TrainingArguments(
-        output_dir=str(scratch_dir),
-        num_train_epochs=hyperparameters.num_epochs,
-        max_steps=max_steps if max_steps is not None else -1,
-        learning_rate=hyperparameters.learning_rate,
-        per_device_train_batch_size=hyperparameters.batch_size,
-        gradient_accumulation_steps=hyperparameters.gradient_accumulation_steps,
-        # Values below 1 are a share of the total steps.
-        warmup_steps=hyperparameters.warmup_ratio,
-        lr_scheduler_type="linear",
-        seed=hyperparameters.seed,
-        logging_strategy="steps",
-        logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=device == "cpu",
-        bf16=bf16,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=device == "cuda",
-        include_num_input_tokens_seen="non_padding",
-    )
-
-
 def train(request: TrainingRequest, reporter: ProgressReporter) -> TrainingResult:
-    """Train a LoRA adapter and publish it atomically to request.output_dir unless the reporter cancels."""
+    """Train an adapter and publish it atomically to request.output_dir unless the run stops early."""
     check_request(request)
     hyperparameters = request.hyperparameters
     device = training_device()
     bf16 = device == "cuda" and supports_bf16()
-    logger.info("Training a LoRA adapter for %s on %s in %s on %s.", request.base_model,
-                request.dataset_path, "bf16" if bf16 else "float32", device)
+    bits = quantization_bits(request)
+    logger.info("Training a %s adapter for %s on %s in %s on %s%s.", request.trainer_type, request.base_model,
+                request.dataset_path, "bf16" if bf16 else "float32", device,
+                f" with the base quantised to {bits} bits" if bits else "")
     set_seed(hyperparameters.seed)
     tokenizer = load_tokenizer(str(request.base_model))
-    dataset = load_dataset(Path(request.dataset_path), tokenizer, hyperparameters.max_seq_length)
-    if len(dataset) == 0:
-        raise TrainingConfigError([f"dataset: no record has a trainable token within max_seq_length "
-                                   f"{hyperparameters.max_seq_length}"])
+    data = prepare(Path(request.dataset_path), request.validation_path, request.parent, hyperparameters, tokenizer,
+                   request.cache_dir)
     try:
-        return _train_and_publish(request, tokenizer, dataset, reporter, device, bf16)
+        return _train_and_publish(request, tokenizer, data, reporter, device, bf16, bits)
+    except torch.OutOfMemoryError as error:
+        raise OutOfMemory(_out_of_memory_message(request, device)) from error
     finally:
         # The model and optimizer died with _train_and_publish's frame, so their memory can go now.
         _release_memory(device)
 
 
-def _train_and_publish(request: TrainingRequest, tokenizer: PreTrainedTokenizerBase, dataset: EncodedDataset,
-                       reporter: ProgressReporter, device: str, bf16: bool) -> TrainingResult:
-    """Load the model, train it, and publish the adapter unless the run was cancelled."""
-    model = build_peft_model(load_model(str(request.base_model), device, bf16), request.hyperparameters)
-    callback = ReporterCallback(reporter)
-    metrics = _run_trainer(model, tokenizer, dataset, request.hyperparameters, callback, device, bf16)
-    if callback.cancelled:
-        logger.info("Training was cancelled after %s steps, so no adapter was written.", metrics["total_steps"])
-        return TrainingResult("cancelled", None, metrics)
+def _out_of_memory_message(request: TrainingRequest, device: str) -> str:
+    """Say what to lower when training does not fit in memory."""
+    hyperparameters = request.hyperparameters
+    advice = (f"Lower batch_size (now {hyperparameters.batch_size}; raise gradient_accumulation_steps to keep the "
+              f"effective batch) or max_seq_length (now {hyperparameters.max_seq_length})")
+    if request.trainer_type == "lora":
+        advice += ", or use trainer_type qlora, which quantises the base model"
+    elif not hyperparameters.wants_gradient_checkpointing(quantization_bits(request) is not None):
+        advice += ", or turn on gradient_checkpointing"
+    return f"Training ran out of {'GPU' if device == 'cuda' else 'CPU'} memory. {advice}."
+
+
+def _train_and_publish(request: TrainingRequest, tokenizer: PreTrainedTokenizerBase, data: TrainingData,
+                       reporter: ProgressReporter, device: str, bf16: bool, bits: int | None) -> TrainingResult:
+    """Load the model, train it, and publish the adapter unless the run stopped before its end."""
+    hyperparameters = request.hyperparameters
+    store = CheckpointStore(Path(request.checkpoint_dir), hyperparameters.save_total_limit) \
+        if request.checkpoint_dir is not None else None
+    latest = None
+    if store is not None:
+        store.prepare()
+        latest = store.latest()
+    plan = loop.LoopPlan(
+        total_steps=planned_steps(len(data.train), hyperparameters.batch_size,
+                                  hyperparameters.gradient_accumulation_steps, hyperparameters.num_epochs,
+                                  hyperparameters.max_steps),
+        store=store, resume_from=latest.path if latest else None, has_validation=data.validation is not None,
+        gradient_checkpointing=hyperparameters.wants_gradient_checkpointing(bits is not None),
+        device=device, bf16=bf16)
+    model = build_model(request, device, bf16, bits, plan.gradient_checkpointing)
+    callback = ReporterCallback(reporter, store, hyperparameters.early_stopping_patience)
+    train_collator, eval_collator = data.collators(tokenizer.pad_token_id, device)
+    with tempfile.TemporaryDirectory(prefix="clara-train-") as scratch:
+        trainer = loop.make_trainer(model, hyperparameters, plan, Path(scratch), data.train, data.validation,
+                                    train_collator, eval_collator, callback)
+        parent_before = loop.evaluate(trainer, data.parent_validation, "parent") if data.parent_validation else None
+        output = loop.run(trainer, plan)
+        metrics = _metrics(trainer, output, model, data, callback, plan, bits, request.trainer_type)
+        if callback.cancelled or callback.timed_out:
+            status = "cancelled" if callback.cancelled else "time_limit"
+            logger.info("Training stopped (%s) after %s steps, so no adapter was written.", status,
+                        metrics["total_steps"])
+            return TrainingResult(status, None, metrics)
+        _final_evaluations(trainer, data, callback, metrics, parent_before)
+    if request.parent is not None:
+        metrics.update(adapter_settings(request.parent.adapter_dir))
     output_dir = Path(request.output_dir)
     publish_adapter(model, tokenizer, metrics, output_dir)
     logger.info("Training finished after %s steps with mean loss %.4f, and the adapter is in %s.",
                 metrics["total_steps"], metrics["train_loss"], output_dir)
     return TrainingResult("completed", output_dir, metrics)
+
+
+def _final_evaluations(trainer: loop.ClaraTrainer, data: TrainingData, callback: ReporterCallback,
+                       metrics: dict[str, Any], parent_before: dict[str, float | None] | None) -> None:
+    """Evaluate once more at the end unless the last step just did, and measure forgetting."""
+    if data.validation is not None:
+        evaluated_last_step = trainer.state.log_history and any(
+            "eval_loss" in entry and entry.get("step") == trainer.state.global_step
+            for entry in trainer.state.log_history)
+        if not evaluated_last_step:
+            trainer.evaluate()
+        metrics.update(callback.last_eval)
+    if parent_before is not None and data.parent_validation is not None:
+        after = loop.evaluate(trainer, data.parent_validation, "parent")
+        metrics["parent_eval_loss_before"] = parent_before["loss"]
+        metrics["parent_eval_loss_after"] = after["loss"]
+        if parent_before["loss"] is not None and after["loss"] is not None:
+            metrics["forgetting"] = after["loss"] - parent_before["loss"]
+
+
+def build_model(request: TrainingRequest, device: str, bf16: bool, bits: int | None,
+                gradient_checkpointing: bool) -> PeftModel:
+    """The base model, quantised for qlora, with fresh LoRA layers or the parent's adapter on top."""
+    base_model = str(request.base_model)
+    if bits is not None:
+        try:
+            model = load_quantized_model(base_model, bits, device, bf16, gradient_checkpointing=gradient_checkpointing)
+        except (OSError, ValueError, KeyError, ImportError, RuntimeError) as error:
+            raise ModelLoadError(f"Cannot load the model {base_model} in {bits} bits: {_reason(error)}") from error
+    else:
+        model = load_model(base_model, device, bf16)
+    # A cache only serves generation; in training it would also stop packed records being kept apart.
+    model.config.use_cache = False
+    if request.parent is None:
+        return build_peft_model(model, request.hyperparameters)
+    try:
+        return PeftModel.from_pretrained(model, str(request.parent.adapter_dir), is_trainable=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(f"Cannot load the parent's adapter from {request.parent.adapter_dir}: "
+                             f"{_reason(error)}") from error
 
 
 def build_peft_model(model: PreTrainedModel, hyperparameters: LoraHyperparameters) -> PeftModel:
@@ -265,44 +352,45 @@ def build_peft_model(model: PreTrainedModel, hyperparameters: LoraHyperparameter
     ))
 
 
-def _run_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase, dataset: EncodedDataset,
-                 hyperparameters: LoraHyperparameters, callback: ReporterCallback, device: str,
-                 bf16: bool) -> dict[str, Any]:
-    """Run the Trainer in a scratch directory and return the run's metrics."""
-    with tempfile.TemporaryDirectory(prefix="clara-train-") as scratch_dir:
-        trainer = Trainer(
-            model=model,
-            args=training_arguments(hyperparameters, Path(scratch_dir), device, bf16),
-            train_dataset=dataset,
-            # Multiples of 8 let GPU tensor cores work on whole tiles.
-            data_collator=CausalLMCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None),
-            callbacks=[callback],
-        )
-        # Progress goes through our callback and logger; the printer would write every step to stdout.
-        trainer.remove_callback(PrinterCallback)
-        output = trainer.train()
-    tokens = int(trainer.state.num_input_tokens_seen)
+def _metrics(trainer: loop.ClaraTrainer, output: Any, model: PeftModel, data: TrainingData,
+             callback: ReporterCallback, plan: loop.LoopPlan, bits: int | None, trainer_type: str) -> dict[str, Any]:
+    """The run's figures: loss, throughput, size, and what the data became."""
     runtime = float(output.metrics.get("train_runtime", 0.0))
+    tokens = int(trainer.state.num_input_tokens_seen)
+    tokens_this_attempt = tokens - callback.tokens_at_start
+    # The log history survives a resume, unlike the Trainer's running loss total, so it gives the mean.
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     trainable, total = model.get_nb_trainable_parameters()
     last = callback.last_progress
     adapted = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                       if isinstance(module, BaseTunerLayer)})
     return {
-        "train_loss": float(output.training_loss),
+        "trainer_type": trainer_type,
+        "train_loss": sum(losses) / len(losses) if losses else float(output.training_loss),
         "last_loss": last.loss if last else None,
         "trained_tokens": tokens,
-        "tokens_per_second": tokens / runtime if runtime > 0 else None,
+        "tokens_per_second": tokens_this_attempt / runtime if runtime > 0 else None,
         "train_runtime_seconds": runtime,
         "total_steps": int(trainer.state.global_step),
         "planned_steps": int(trainer.state.max_steps),
+        "resumed_from_step": _step_of(plan.resume_from),
         "epochs": float(trainer.state.epoch or 0.0),
-        "num_records": dataset.num_records,
-        "num_examples": len(dataset),
-        "skipped_records": dataset.skipped + dataset.rejected,
+        **data.counts,
+        "packed": data.packed,
+        "quantization_bits": bits,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "stopped_early": callback.stopped_early,
         "trainable_parameters": int(trainable),
         "total_parameters": int(total),
         "target_modules": adapted,
+        **({"eval_loss": callback.last_eval.get("eval_loss"),
+            "perplexity": perplexity(callback.last_eval.get("eval_loss"))} if callback.last_eval else {}),
     }
+
+
+def _step_of(checkpoint: Path | None) -> int | None:
+    """The step a checkpoint directory was saved at."""
+    return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint is not None else None
 
 
 def publish_adapter(model: PeftModel, tokenizer: PreTrainedTokenizerBase, metrics: dict[str, Any],

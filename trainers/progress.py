@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from trainers.checkpoints import Checkpoint, CheckpointStore
+from trainers.evaluation import EarlyStopping, perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -36,42 +40,100 @@ class TrainingProgress:
     """trained_tokens divided by the wall time since training began."""
 
 
-class ProgressReporter(Protocol):
-    """Receives progress during training and says whether the user cancelled."""
+class ProgressReporter:
+    """Receives progress, evaluations and checkpoints during training; says when to stop.
+
+    The defaults do nothing and never stop, so a caller overrides only what it needs.
+    """
 
     def report(self, progress: TrainingProgress) -> None:
         """Take note of progress after a step."""
 
     def should_stop(self) -> bool:
         """Return True when the user cancelled the run."""
+        return False
+
+    def out_of_time(self) -> bool:
+        """Return True when the run must checkpoint and stop because its time is up."""
+        return False
+
+    def evaluated(self, step: int, metrics: dict[str, float | None]) -> None:
+        """Take note of an evaluation's eval_loss and perplexity."""
+
+    def checkpoint_saved(self, checkpoint: Checkpoint, pruned_steps: list[int]) -> None:
+        """Take note of a complete checkpoint and of the older ones deleted for it."""
 
 
 class ReporterCallback(TrainerCallback):
-    """Reports every logged step to a ProgressReporter and stops training when it asks to."""
+    """Reports steps and evaluations, publishes checkpoints, and stops training when asked to."""
 
-    def __init__(self, reporter: ProgressReporter) -> None:
+    def __init__(self, reporter: ProgressReporter, store: CheckpointStore | None = None,
+                 early_stopping_patience: int | None = None) -> None:
         self.reporter = reporter
+        self.store = store
         self.cancelled = False
+        self.timed_out = False
+        self.stopped_early = False
         self.last_progress: TrainingProgress | None = None
+        self.last_eval: dict[str, float | None] = {}
+        self.early_stopping = EarlyStopping(early_stopping_patience)
         self._started_at: float | None = None
         self._first_step = 0
+        self.tokens_at_start = 0
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Start the clock used for eta and throughput."""
+        """Start the clock used for eta and throughput; a resumed run counts from where it resumed."""
         self._started_at = time.monotonic()
         self._first_step = state.global_step
+        self.tokens_at_start = int(state.num_input_tokens_seen)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Ask the reporter whether to stop, and stop after this step when it says so."""
+        """Stop after this step on a cancel; checkpoint first and then stop when time is up."""
         if not self.cancelled and self.reporter.should_stop():
             logger.info("Training was cancelled at step %s of %s.", state.global_step, state.max_steps)
             self.cancelled = True
         if self.cancelled:
             control.should_training_stop = True
+            control.should_save = False
+        elif not self.timed_out and state.global_step < state.max_steps and self.reporter.out_of_time():
+            logger.info("Time is up at step %s of %s, so training saves a checkpoint and stops.",
+                        state.global_step, state.max_steps)
+            self.timed_out = True
+            control.should_training_stop = True
+            control.should_save = self.store is not None
+
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+        metrics: dict[str, float] | None = None, **kwargs: Any,
+    ) -> None:
+        """Report the eval loss and perplexity, and stop once patience runs out."""
+        if not metrics or "eval_loss" not in metrics:
+            return
+        loss = float(metrics["eval_loss"])
+        self.last_eval = {"eval_loss": loss, "perplexity": perplexity(loss)}
+        logger.info("Evaluation at step %s: eval loss %.4f.", state.global_step, loss)
+        self.reporter.evaluated(state.global_step, dict(self.last_eval))
+        if self.early_stopping.update(loss) and not self.stopped_early:
+            logger.info("Eval loss has not improved for %s evaluations, so training stops early at step %s.",
+                        self.early_stopping.patience, state.global_step)
+            self.stopped_early = True
+            control.should_training_stop = True
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Move the checkpoint the Trainer just wrote out of staging, making it count."""
+        if self.store is None:
+            return
+        metrics = {"train_loss": self.last_progress.loss if self.last_progress else None,
+                   "eval_loss": self.last_eval.get("eval_loss")}
+        created_at = datetime.now(UTC).isoformat()
+        checkpoint = self.store.publish(state.global_step, created_at, metrics)
+        self.reporter.checkpoint_saved(checkpoint, list(self.store.last_pruned))
 
     def on_log(
         self,
@@ -106,6 +168,7 @@ class ReporterCallback(TrainerCallback):
         if elapsed is not None and steps_done > 0:
             eta = elapsed / steps_done * (total - state.global_step)
         tokens = int(state.num_input_tokens_seen)
+        tokens_this_run = tokens - self.tokens_at_start
         learning_rate = logs.get("learning_rate")
         return TrainingProgress(
             step=state.global_step,
@@ -116,5 +179,5 @@ class ReporterCallback(TrainerCallback):
             loss=float(logs["loss"]),
             learning_rate=float(learning_rate) if learning_rate is not None else None,
             trained_tokens=tokens,
-            tokens_per_second=tokens / elapsed if elapsed else None,
+            tokens_per_second=tokens_this_run / elapsed if elapsed else None,
         )

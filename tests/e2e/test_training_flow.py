@@ -112,24 +112,37 @@ def test_cancel_a_running_job_and_a_queued_one(stack, storage, settings_override
     assert after["status"] == "cancelled" and after["attempts"] == 0 and after["started_at"] is None
 
 
-def test_a_job_whose_worker_child_is_killed_is_delivered_again_and_completes(stack, storage):
+def test_a_job_whose_worker_child_is_killed_resumes_from_its_checkpoint(stack, storage):
     import os
     import signal
 
     admin = stack.login()
     body = {"job_name": "survivor", "base_model": "tiny-llama", "dataset_path": _write_dataset(storage["data"]),
-            "hyperparameters": {"max_steps": 400, "batch_size": 1, "max_seq_length": 64}}
+            "hyperparameters": {"max_steps": 400, "batch_size": 1, "max_seq_length": 64, "save_steps": 20}}
     job = requests.post(f"{stack.url}/api/training/jobs", headers=admin, json=body, timeout=30).json()
-    running = stack.wait_for_job(admin, job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 2,
-                                 timeout=120)
+    checkpoints_url = f"{stack.url}/api/training/jobs/{job['id']}/checkpoints"
+
+    def has_checkpoint(j: dict) -> bool:
+        if j["status"] != "running":
+            return False
+        return bool(requests.get(checkpoints_url, headers=admin, timeout=10).json()["data"])
+
+    running = stack.wait_for_job(admin, job["id"], has_checkpoint, timeout=180)
     child_pid = int(running["worker"].rsplit("/", 1)[1])
     os.kill(child_pid, signal.SIGKILL)
+    saved = max(c["step"] for c in requests.get(checkpoints_url, headers=admin, timeout=10).json()["data"])
 
     done = stack.wait_for_job(admin, job["id"], lambda j: j["is_terminal"], timeout=300)
     assert done["status"] == "completed", done
     assert done["attempts"] == 2 and done["worker"] != running["worker"]
     assert done["progress"]["step"] == 400
+    # The second attempt went on from a checkpoint the first one completed, not from step zero.
+    resumed = done["metrics"]["resumed_from_step"]
+    assert resumed is not None and resumed >= saved > 0
     events = requests.get(f"{stack.url}/api/training/jobs/{job['id']}/events?limit=1000", headers=admin,
                           timeout=10).json()["data"]
     started = [e["message"] for e in events if e["message"].startswith("Attempt ")]
     assert len(started) == 2 and started[1].startswith("Attempt 2 started")
+    messages = [e["message"] for e in events]
+    assert f"Resuming from the checkpoint at step {resumed}." in messages
+    assert messages.index(f"Resuming from the checkpoint at step {resumed}.") > messages.index(started[1])

@@ -56,8 +56,17 @@ def test_empty_hyperparameters_get_every_default(client, trainer):
     ({"status": "completed"}, "status"),
     ({"job_name": ""}, "job_name"),
     ({"job_name": None}, "job_name"),
-    ({"trainer_type": "qlora"}, "trainer_type"),
     ({"trainer_type": "magic"}, "trainer_type"),
+    ({"trainer_type": "continuous"}, "parent_job_id"),
+    ({"parent_job_id": str(uuid.uuid4())}, "parent_job_id"),
+    ({"trainer_type": "continuous", "parent_job_id": str(uuid.uuid4())}, "parent_job_id"),
+    ({"hyperparameters": {"quantization_bits": 4}}, "hyperparameters.quantization_bits"),
+    ({"trainer_type": "qlora", "hyperparameters": {"quantization_bits": 3}}, "hyperparameters.quantization_bits"),
+    ({"hyperparameters": {"replay_fraction": 0.5}}, "hyperparameters.replay_fraction"),
+    ({"hyperparameters": {"packing": "yes"}}, "hyperparameters.packing"),
+    ({"hyperparameters": {"gradient_checkpointing": "on"}}, "hyperparameters.gradient_checkpointing"),
+    ({"hyperparameters": {"validation_split": 0.9}}, "hyperparameters.validation_split"),
+    ({"hyperparameters": {"save_total_limit": 0}}, "hyperparameters.save_total_limit"),
     ({"hyperparameters": {"learning_rate": -1}}, "hyperparameters.learning_rate"),
     ({"hyperparameters": {"learning_rate": "0.1"}}, "hyperparameters.learning_rate"),
     ({"hyperparameters": {"lora_rank": "8"}}, "hyperparameters.lora_rank"),
@@ -228,3 +237,79 @@ def test_openapi_document_lists_every_route(client):
     spec = client.get("/api/openapi.json").get_json()
     expected = {"/api/auth/login", "/api/training/jobs", "/api/training/jobs/{job_id}/adapter", "/ready"}
     assert expected <= set(spec["paths"])
+
+
+def _completed_job(db, client, headers, storage, tmp_path) -> dict:
+    """A job marked completed with an adapter directory, as a worker would leave it."""
+    job = _submit(client, headers).get_json()
+    adapter = storage["outputs"] / job["id"]
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET status = 'completed', adapter_path = %s WHERE id = %s",
+                    (str(adapter), job["id"]))
+    return job
+
+
+def test_qlora_jobs_are_accepted_with_their_bits(client, trainer):
+    response = _submit(client, trainer, trainer_type="qlora", hyperparameters={"quantization_bits": 8})
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["trainer_type"] == "qlora"
+    assert response.get_json()["hyperparameters"]["quantization_bits"] == 8
+
+
+def test_continuous_job_takes_its_parents_base_model_and_shows_lineage(client, trainer, db, storage, tmp_path):
+    parent = _completed_job(db, client, trainer, storage, tmp_path)
+    body = {"job_name": "faq-2", "trainer_type": "continuous", "parent_job_id": parent["id"],
+            "dataset_path": "demo-train.jsonl", "hyperparameters": {"max_steps": 3, "replay_fraction": 0.2}}
+    response = client.post("/api/training/jobs", headers=trainer, json=body)
+    assert response.status_code == 202, response.get_json()
+    child = response.get_json()
+    assert child["parent_job_id"] == parent["id"] and child["base_model"] == parent["base_model"]
+    shown = client.get(f"/api/training/jobs/{parent['id']}", headers=trainer).get_json()
+    assert shown["children"] == [child["id"]] and shown["parent_job_id"] is None
+
+
+def test_continuous_refuses_another_users_parent_and_an_unfinished_one(client, user_headers, admin, db, storage,
+                                                                       tmp_path):
+    owner = user_headers("trainer", "ann")
+    other = user_headers("trainer", "bob")
+    parent = _completed_job(db, client, owner, storage, tmp_path)
+    running = _submit(client, owner).get_json()
+    body = {"job_name": "c", "trainer_type": "continuous", "dataset_path": "demo-train.jsonl"}
+    for headers, parent_id, expected in ((other, parent["id"], "no training job"),
+                                         (owner, running["id"], "only a completed job can be continued")):
+        response = client.post("/api/training/jobs", headers=headers, json={**body, "parent_job_id": parent_id})
+        assert response.status_code == 422
+        assert expected in response.get_json()["error"]["details"]["fields"]["parent_job_id"][0]
+    # Admins may continue anyone's job.
+    response = client.post("/api/training/jobs", headers=admin, json={**body, "parent_job_id": parent["id"]})
+    assert response.status_code == 202
+    different = {**body, "parent_job_id": parent["id"], "base_model": "other-model"}
+    (storage["models"] / "other-model").mkdir()
+    response = client.post("/api/training/jobs", headers=owner, json=different)
+    assert response.status_code == 422 and "keeps its parent's base model" in response.get_json()["error"]["message"]
+
+
+def test_checkpoints_are_listed_oldest_first(client, trainer, db):
+    job = _submit(client, trainer).get_json()
+    assert client.get(f"/api/training/jobs/{job['id']}/checkpoints", headers=trainer).get_json() == {
+        "object": "list", "data": []}
+    with db.transaction() as cur:
+        for step, loss in ((20, 1.5), (10, 2.0)):
+            cur.execute("INSERT INTO training_checkpoints (job_id, step, name, path, created_at, metrics)"
+                        " VALUES (%s, %s, %s, %s, now(), %s)",
+                        (job["id"], step, f"checkpoint-{step}", f"/x/checkpoint-{step}",
+                         json.dumps({"train_loss": loss})))
+    listing = client.get(f"/api/training/jobs/{job['id']}/checkpoints", headers=trainer).get_json()
+    assert [(c["id"], c["step"], c["metrics"]) for c in listing["data"]] == [
+        ("checkpoint-10", 10, {"train_loss": 2.0, "eval_loss": None}),
+        ("checkpoint-20", 20, {"train_loss": 1.5, "eval_loss": None})]
+    assert all(c["object"] == "training.job.checkpoint" and c["created_at"] for c in listing["data"])
+    assert "path" not in listing["data"][0]
+
+
+def test_checkpoints_of_another_trainers_job_are_404(client, user_headers):
+    job = _submit(client, user_headers("trainer", "ann")).get_json()
+    response = client.get(f"/api/training/jobs/{job['id']}/checkpoints", headers=user_headers("trainer", "bob"))
+    assert response.status_code == 404

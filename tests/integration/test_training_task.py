@@ -143,3 +143,67 @@ def test_cancel_requested_while_running_stops_training(db, settings, new_job):
     assert cancelled["status"] == "cancelled" and cancelled["adapter_path"] is None
     assert max(stopped_at) < 500  # cancel is checked about once a second, not every step
     assert not (settings.output_dir / str(job["id"])).exists()
+
+
+def test_out_of_memory_fails_the_job_once_with_advice(db, settings, new_job, monkeypatch):
+    import torch
+
+    from trainers.loop import ClaraTrainer
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    monkeypatch.setattr(ClaraTrainer, "training_step", out_of_memory)
+    job = new_job()
+    assert run_training_job(db, settings, job["id"], worker="w")["outcome"] == "failed"
+    failed = jobs.get_job(db, job["id"])
+    assert failed["error_code"] == "out_of_memory" and failed["attempts"] == 1
+    assert "Lower batch_size" in failed["error_message"] and "qlora" in failed["error_message"]
+    # A redelivery does not retry it blindly: the job has ended.
+    assert run_training_job(db, settings, job["id"], worker="w2")["outcome"] == Claim.FINISHED.value
+
+
+def test_time_limit_saves_a_checkpoint_that_the_api_lists(db, settings, new_job):
+    from records import checkpoints
+
+    job = new_job(max_steps=400, save_steps=1000)
+    limited = dataclasses.replace(settings, job_time_limit=3)
+    run_training_job(db, limited, job["id"], worker="w")
+    failed = jobs.get_job(db, job["id"])
+    assert failed["status"] == "failed" and failed["error_code"] == "time_limit"
+    step = failed["progress"]["step"]
+    assert 0 < step < 400 and f"a checkpoint at step {step} was saved" in failed["error_message"]
+    listed = checkpoints.list_checkpoints(db, job["id"])
+    assert [c["step"] for c in listed] == [step] and listed[0]["id"] == f"checkpoint-{step}"
+    assert (settings.checkpoints_dir / str(job["id"]) / f"checkpoint-{step}" / "optimizer.pt").is_file()
+
+
+def test_a_redelivery_resumes_from_the_last_checkpoint(db, settings, new_job):
+    job = new_job(max_steps=8, save_steps=3)
+    # The first attempt's worker died after its checkpoint at step 6: its lease lapsed, the rows say running.
+    limited = dataclasses.replace(settings, job_time_limit=0)
+    run_training_job(db, limited, job["id"], worker="w1")
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET status = 'running', error_code = NULL, finished_at = NULL"
+                    " WHERE id = %s", (job["id"],))
+    first_step = jobs.get_job(db, job["id"])["progress"]["step"]
+    assert first_step == 1
+    run_training_job(db, settings, job["id"], worker="w2")
+    done = jobs.get_job(db, job["id"])
+    assert done["status"] == "completed" and done["attempts"] == 2
+    assert done["metrics"]["resumed_from_step"] == 1 and done["progress"]["step"] == 8
+    events, _ = jobs.list_events(db, job["id"], after=None, limit=200)
+    assert any(e["message"] == "Resuming from the checkpoint at step 1." for e in events)
+
+
+def test_an_adapter_published_by_a_dead_attempt_completes_the_job(db, settings, new_job):
+    job = new_job()
+    run_training_job(db, settings, job["id"], worker="w1")
+    metrics = jobs.get_job(db, job["id"])["metrics"]
+    # As if the worker died between publishing the adapter and recording the job completed.
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET status = 'queued', adapter_path = NULL WHERE id = %s", (job["id"],))
+    assert run_training_job(db, settings, job["id"], worker="w2")["outcome"] == "completed"
+    done = jobs.get_job(db, job["id"])
+    assert done["attempts"] == 2 and done["adapter_path"] == str(settings.output_dir / str(job["id"]))
+    assert done["metrics"]["train_loss"] == metrics["train_loss"]

@@ -36,5 +36,6 @@ def test_one_child_per_gpu():
 def test_training_has_a_soft_and_a_hard_time_limit_inside_the_visibility_timeout():
     config = celeryconfig.build(load({"job_time_limit": 3600}, environ={}))
     limits = config["task_annotations"]["clara.train_job"]
-    assert limits["soft_time_limit"] == 3600
-    assert 3600 < limits["time_limit"] < config["broker_transport_options"]["visibility_timeout"]
+    # The trainer stops itself at 3600 s; Celery's limits are backstops after it.
+    assert 3600 < limits["soft_time_limit"] < limits["time_limit"]
+    assert limits["time_limit"] < config["broker_transport_options"]["visibility_timeout"]

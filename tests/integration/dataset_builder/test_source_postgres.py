@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -114,22 +116,74 @@ def test_limit_keeps_the_first_rows_by_id(source_database_url: str, make_context
     assert ids({"type": "postgres", "limit": 3}, context) == ["r1", "r3", "r5"]
 
 
-def test_batches_are_bounded_and_streamed_through_a_server_side_cursor(
-    source_database_url: str, make_context: Callable[..., SourceContext]
-) -> None:
-    insert(source_database_url, [(f"r{n}", "t", "Inhalt", {}, "2020-01-01") for n in range(5)])
-    batches = read_source({"type": "postgres"}, make_context(source_database_url=source_database_url, batch_size=2))
-    first = next(batches)
-    monitor = psycopg2.connect(source_database_url)
+def _fetches(url: str) -> list[str]:
+    """The last statement of every other connection to the database that is a FETCH."""
+    monitor = psycopg2.connect(url)
     try:
         with monitor.cursor() as cursor:
             cursor.execute("SELECT query FROM pg_stat_activity WHERE datname = current_database() AND pid <> "
                            "pg_backend_pid() AND query LIKE 'FETCH FORWARD%%'")
-            fetches = [row[0] for row in cursor.fetchall()]
+            return [row[0] for row in cursor.fetchall()]
     finally:
         monitor.close()
-    assert [len(first)] + [len(batch) for batch in batches] == [2, 2, 1]
+
+
+def _fetch_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "clara-postgres-fetch"]
+
+
+def test_batches_are_bounded_and_streamed_through_a_server_side_cursor(
+    source_database_url: str, make_context: Callable[..., SourceContext]
+) -> None:
+    insert(source_database_url, [(f"r{n:02}", "t", "Inhalt", {}, "2020-01-01") for n in range(21)])
+    batches = read_source({"type": "postgres"}, make_context(source_database_url=source_database_url, batch_size=2))
+    first = next(batches)
+    # The fetch thread runs only a few batches ahead, so the cursor is still being read from.
+    fetches = _fetches(source_database_url)
+    assert [len(first)] + [len(batch) for batch in batches] == [2] * 10 + [1]
     assert len(fetches) == 1 and fetches[0].startswith("FETCH FORWARD 2 FROM \"clara_source_")
+    assert _fetch_threads() == []
+
+
+def test_closing_the_reader_early_ends_the_fetch_thread_and_the_connection(
+    source_database_url: str, make_context: Callable[..., SourceContext]
+) -> None:
+    insert(source_database_url, [(f"r{n:02}", "t", "Inhalt", {}, "2020-01-01") for n in range(50)])
+    batches = read_source({"type": "postgres"}, make_context(source_database_url=source_database_url, batch_size=2))
+    assert len(next(batches)) == 2
+    assert len(_fetch_threads()) == 1
+    batches.close()
+    assert _fetch_threads() == []
+    # A closed connection's backend leaves pg_stat_activity a moment after the client lets go.
+    deadline = time.monotonic() + 5
+    while _fetches(source_database_url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _fetches(source_database_url) == []
+
+
+@pytest.mark.parametrize("column_type", ["jsonb", "json", "text"])
+def test_metadata_of_any_column_type_becomes_a_dict(
+    column_type: str, source_database_url: str, make_context: Callable[..., SourceContext]
+) -> None:
+    values = ['{"law": "SGB V", "n": [1, {"x": "§ 5"}]}', None, "[1, 2]", '"text"', "{}"]
+    if column_type == "text":
+        # Not JSON, or only JSON when read together with its neighbour: each value stands alone.
+        values += ["{oops", '{"a": 1}, {"b": 2', '"c": 3}']
+    conn = psycopg2.connect(source_database_url)
+    try:
+        with conn, conn.cursor() as cursor:
+            cursor.execute(sql.SQL("CREATE TABLE documents (id text PRIMARY KEY, title text, content text, "
+                                   "metadata {}, created_at timestamptz)").format(sql.SQL(column_type)))
+            for number, value in enumerate(values):
+                cursor.execute("INSERT INTO documents VALUES (%s, NULL, 'Inhalt', %s, NULL)", (f"m{number}", value))
+    finally:
+        conn.close()
+    context = make_context(source_database_url=source_database_url, batch_size=3)
+    documents = [d for batch in read_source({"type": "postgres"}, context) for d in batch]
+    assert [d.fields["metadata"] for d in documents] == [{"law": "SGB V", "n": [1, {"x": "§ 5"}]}] + [{}] * (
+        len(values) - 1
+    )
+    assert {(d.fields["title"], d.fields["created_at"]) for d in documents} == {("", None)}
 
 
 def test_custom_table_and_column_names(source_database_url: str, make_context: Callable[..., SourceContext]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from trainers.progress import TrainingProgress
+from trainers.progress import ProgressReporter, TrainingProgress
 from trainers.tiny_model import make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -42,18 +42,35 @@ SAMPLE_RECORDS: list[dict[str, Any]] = [
 ]
 
 
-class RecordingReporter:
-    """Keeps every progress report and asks to stop once `stop_after` reports arrived."""
+class RecordingReporter(ProgressReporter):
+    """Keeps every report; asks to stop after `stop_after` steps, or says time is up after `time_up_after`."""
 
-    def __init__(self, stop_after: int | None = None) -> None:
+    def __init__(self, stop_after: int | None = None, time_up_after: int | None = None) -> None:
         self.reports: list[TrainingProgress] = []
+        self.evaluations: list[tuple[int, dict[str, float | None]]] = []
+        self.checkpoints: list[tuple[Any, list[int]]] = []
         self.stop_after = stop_after
+        self.time_up_after = time_up_after
 
     def report(self, progress: TrainingProgress) -> None:
         self.reports.append(progress)
 
     def should_stop(self) -> bool:
         return self.stop_after is not None and len(self.reports) >= self.stop_after
+
+    def out_of_time(self) -> bool:
+        return self.time_up_after is not None and len(self.reports) >= self.time_up_after
+
+    def evaluated(self, step: int, metrics: dict[str, float | None]) -> None:
+        self.evaluations.append((step, metrics))
+
+    def checkpoint_saved(self, checkpoint: Any, pruned_steps: list[int]) -> None:
+        self.checkpoints.append((checkpoint, pruned_steps))
+
+    @property
+    def losses(self) -> list[tuple[int, float | None]]:
+        """(step, loss) of every report."""
+        return [(progress.step, progress.loss) for progress in self.reports]
 
 
 def write_jsonl(path: Path, lines: Iterable[dict[str, Any] | str]) -> Path:

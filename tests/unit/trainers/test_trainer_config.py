@@ -29,6 +29,15 @@ DEFAULTS = {
     "target_modules": None,
     "warmup_ratio": 0.0,
     "seed": 42,
+    "packing": "auto",
+    "gradient_checkpointing": None,
+    "quantization_bits": None,
+    "save_steps": None,
+    "save_total_limit": 2,
+    "validation_split": 0.0,
+    "eval_steps": None,
+    "early_stopping_patience": None,
+    "replay_fraction": 0.0,
 }
 
 
@@ -139,3 +148,49 @@ def test_target_modules_rejected(target_modules: object, message: str) -> None:
     assert len(problems) == 1
     assert problems[0].startswith("target_modules: ")
     assert message in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"packing": "yes"}, ['packing: must be true, false or "auto"']),
+        ({"packing": 1}, ['packing: must be true, false or "auto"']),
+        ({"gradient_checkpointing": "on"}, ["gradient_checkpointing: must be true, false or null"]),
+        ({"quantization_bits": 2}, ["quantization_bits: must be 4 or 8"]),
+        ({"quantization_bits": True}, ["quantization_bits: must be 4 or 8"]),
+        ({"save_total_limit": 0, "validation_split": 0.6}, ["save_total_limit: must be between 1 and 100",
+                                                            "validation_split: must be between 0 and 0.5"]),
+    ],
+)
+def test_new_settings_are_checked(values: dict, expected: list[str]) -> None:
+    assert LoraHyperparameters(**values).problems() == expected
+
+
+@pytest.mark.parametrize("name", ["save_steps", "eval_steps", "early_stopping_patience", "max_steps"])
+def test_nullable_counts_accept_null(name: str) -> None:
+    assert LoraHyperparameters(**{name: None}).problems() == []
+
+
+@pytest.mark.parametrize(
+    ("trainer_type", "values", "expected"),
+    [
+        ("lora", {}, []),
+        ("qlora", {"quantization_bits": 8}, []),
+        ("continuous", {"replay_fraction": 0.2}, []),
+        ("lora", {"quantization_bits": 4}, ["quantization_bits: only qlora jobs quantise the base model; "
+                                            "use trainer_type qlora"]),
+        ("qlora", {"replay_fraction": 0.1}, ["replay_fraction: only continuous jobs replay a parent's data"]),
+        ("continuous", {"quantization_bits": 4}, ["quantization_bits: a continuous job keeps its parent's "
+                                                  "quantisation"]),
+        ("dpo", {}, ["trainer_type: must be one of lora, qlora, continuous"]),
+    ],
+)
+def test_trainer_type_problems(trainer_type: str, values: dict, expected: list[str]) -> None:
+    assert LoraHyperparameters(**values).trainer_type_problems(trainer_type) == expected
+
+
+@pytest.mark.parametrize(("asked", "quantized", "expected"),
+                         [(None, True, True), (None, False, False), (False, True, False), (True, False, True)])
+def test_gradient_checkpointing_defaults_to_on_for_quantised_models(asked: bool | None, quantized: bool,
+                                                                     expected: bool) -> None:
+    assert LoraHyperparameters(gradient_checkpointing=asked).wants_gradient_checkpointing(quantized) is expected

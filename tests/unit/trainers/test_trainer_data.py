@@ -278,7 +278,7 @@ def test_load_dataset_rejects_invalid_lines(
         load_dataset(jsonl([GOOD, "{"]), plain_tokenizer, 64)
 
 
-def test_collator_pads_on_the_right_and_ignores_padding() -> None:
+def test_collator_pads_on_the_right_ignores_padding_and_counts_real_tokens() -> None:
     collator = CausalLMCollator(pad_token_id=3, pad_to_multiple_of=4)
     batch = collator([
         {"input_ids": [0, 5, 6], "attention_mask": [1, 1, 1], "labels": [-100, 5, 6]},
@@ -289,3 +289,5 @@ def test_collator_pads_on_the_right_and_ignores_padding() -> None:
     assert batch["labels"].tolist() == [[-100, 5, 6, -100, -100, -100, -100, -100],
                                         [-100, -100, 8, 9, 10, -100, -100, -100]]
     assert batch["input_ids"].dtype == torch.long
+    assert batch["num_real_tokens"].ndim == 0 and batch["num_real_tokens"].dtype == torch.long
+    assert int(batch["num_real_tokens"]) == 8

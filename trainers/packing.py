@@ -1,0 +1,141 @@
+"""Pack whole encoded records into rows of at most max_seq_length tokens, and batch those rows."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import random
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from trainers.data import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+# Packing must save more than this share of the tokens the model computes, padding included, to be worth it.
+MIN_SAVING = 0.15
+# At least this many records fit one row on average, so packing multiplies the tokens per forward pass.
+MIN_RECORDS_PER_ROW = 4
+
+
+def should_pack(lengths: Sequence[int], max_seq_length: int, batch_size: int = 8) -> bool:
+    """Pack when 4+ records fit a row on average, or packing saves 15% of the tokens batches of batch_size compute."""
+    if len(lengths) < 2:
+        return False
+    # Short records leave the accelerator idle even without padding; packing fills its rows.
+    if sum(lengths) * MIN_RECORDS_PER_ROW <= max_seq_length * len(lengths):
+        return True
+    # Mixed lengths waste padding, but packing only helps when records are short enough to share rows,
+    # so compare both layouts rather than judge from the spread of lengths alone.
+    packed = [sum(lengths[item] for item in members) for members in _best_fit_decreasing(lengths, max_seq_length)]
+    return _padded_tokens(packed, batch_size) < (1 - MIN_SAVING) * _padded_tokens(lengths, batch_size)
+
+
+def _padded_tokens(lengths: Sequence[int], batch_size: int) -> int:
+    """Return the tokens computed when shuffled sequences are batched and padded to each batch's longest."""
+    order = list(lengths)
+    # A fixed seed keeps the decision reproducible; the trainer's own shuffle is of the same kind.
+    random.Random(0).shuffle(order)
+    batches = (order[start:start + batch_size] for start in range(0, len(order), batch_size))
+    return sum(len(batch) * max(batch) for batch in batches)
+
+
+def pack_examples(
+    examples: Sequence[Mapping[str, Sequence[int]]], max_seq_length: int
+) -> list[dict[str, list[int]]]:
+    """Pack whole examples into rows with input_ids, labels and per-record position_ids, best fit decreasing."""
+    bins = _best_fit_decreasing([len(example["input_ids"]) for example in examples], max_seq_length)
+    # Slicing one shared list reuses its int objects instead of creating new ones for every token.
+    positions = list(range(max_seq_length))
+    rows = [_join(examples, members, positions) for members in bins]
+    if rows:
+        tokens = sum(len(row["input_ids"]) for row in rows)
+        logger.info("Packed %s examples into %s rows of up to %s tokens, %.1f%% full.",
+                    len(examples), len(rows), max_seq_length, 100 * tokens / (len(rows) * max_seq_length))
+    return rows
+
+
+def _best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Assign item indices to bins of the given capacity; each item goes to the fullest bin it fits."""
+    too_long = [length for length in lengths if length > capacity]
+    if too_long:
+        raise ValueError(f"{len(too_long)} examples are longer than max_seq_length {capacity}, "
+                         f"the longest has {max(too_long)} tokens")
+    bins: list[list[int]] = []
+    # Bins grouped by the room they have left; `rooms` lists the distinct values in order. There are at most
+    # capacity + 1 of them, so the sorted list stays short however many bins there are.
+    bins_by_room: dict[int, list[int]] = {}
+    rooms: list[int] = []
+    # Python's sort is stable, so equal lengths keep their input order and the result is deterministic.
+    for item in sorted(range(len(lengths)), key=lambda index: -lengths[index]):
+        length = lengths[item]
+        position = bisect.bisect_left(rooms, length)
+        if position == len(rooms):
+            bin_index, room = len(bins), capacity
+            bins.append([])
+        else:
+            room = rooms[position]
+            bin_index = bins_by_room[room].pop()
+            if not bins_by_room[room]:
+                del bins_by_room[room]
+                del rooms[position]
+        bins[bin_index].append(item)
+        left = room - length
+        if left not in bins_by_room:
+            bins_by_room[left] = []
+            bisect.insort(rooms, left)
+        bins_by_room[left].append(bin_index)
+    return bins
+
+
+def _join(
+    examples: Sequence[Mapping[str, Sequence[int]]], members: Sequence[int], positions: list[int]
+) -> dict[str, list[int]]:
+    """Concatenate examples into one row whose positions restart, and whose first label is ignored, per record."""
+    row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for index in members:
+        input_ids, labels = examples[index]["input_ids"], examples[index]["labels"]
+        row["input_ids"].extend(input_ids)
+        # Unpacked, a record's first label is never used because the loss shifts labels by one; packed, it would
+        # train the previous record's last token to predict this record's start.
+        row["labels"].append(IGNORE_INDEX)
+        row["labels"].extend(labels[1:])
+        row["position_ids"].extend(positions[: len(input_ids)])
+    return row
+
+
+def row_record_count(row: Mapping[str, Sequence[int]]) -> int:
+    """Return how many records a packed row holds."""
+    return sum(1 for position in row["position_ids"] if position == 0)
+
+
+class PackedCollator:
+    """Pads packed rows on the right into tensors; attention stays within each record through position_ids."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor | bool]:
+        """Stack rows into input_ids, labels and position_ids, plus num_real_tokens and use_cache=False."""
+        length = max(len(feature["input_ids"]) for feature in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
+        real_tokens = 0
+        for feature in features:
+            padding = length - len(feature["input_ids"])
+            real_tokens += len(feature["input_ids"])
+            batch["input_ids"].append(list(feature["input_ids"]) + [self.pad_token_id] * padding)
+            batch["labels"].append(list(feature["labels"]) + [IGNORE_INDEX] * padding)
+            # Positions restarting at 0 make the padding tail a sequence of its own instead of part of the last record.
+            batch["position_ids"].append(list(feature["position_ids"]) + list(range(padding)))
+        tensors: dict[str, torch.Tensor | bool] = {
+            name: torch.tensor(rows, dtype=torch.long) for name, rows in batch.items()
+        }
+        tensors["num_real_tokens"] = torch.tensor(real_tokens, dtype=torch.long)
+        # transformers builds the per-record mask from position_ids only without an attention_mask and without
+        # a cache, and Llama-style models create a cache whenever use_cache is on, even in training.
+        tensors["use_cache"] = False
+        return tensors
