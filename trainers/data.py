@@ -280,7 +280,7 @@ class CausalLMCollator:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
 
-    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor | int]:
         """Stack a batch of examples into padded tensors, plus num_real_tokens, the count of unpadded tokens."""
         length = max(len(feature["input_ids"]) for feature in features)
         if self.pad_to_multiple_of:
@@ -291,6 +291,8 @@ class CausalLMCollator:
             batch["input_ids"].append(list(feature["input_ids"]) + [self.pad_token_id] * padding)
             batch["attention_mask"].append(list(feature["attention_mask"]) + [0] * padding)
             batch["labels"].append(list(feature["labels"]) + [IGNORE_INDEX] * padding)
-        tensors = {name: torch.tensor(rows, dtype=torch.long) for name, rows in batch.items()}
-        tensors["num_real_tokens"] = tensors["attention_mask"].sum()
+        tensors: dict[str, torch.Tensor | int] = {name: torch.tensor(rows, dtype=torch.long)
+                                                  for name, rows in batch.items()}
+        # A Python int, not a tensor: the Trainer would move a tensor to the GPU and reading it back syncs.
+        tensors["num_real_tokens"] = sum(len(feature["input_ids"]) for feature in features)
         return tensors

@@ -131,10 +131,11 @@ class PackedCollator:
             batch["labels"].append(list(feature["labels"]) + [IGNORE_INDEX] * padding)
             # Positions restarting at 0 make the padding tail a sequence of its own instead of part of the last record.
             batch["position_ids"].append(list(feature["position_ids"]) + list(range(padding)))
-        tensors: dict[str, torch.Tensor | bool] = {
+        tensors: dict[str, torch.Tensor | bool | int] = {
             name: torch.tensor(rows, dtype=torch.long) for name, rows in batch.items()
         }
-        tensors["num_real_tokens"] = torch.tensor(real_tokens, dtype=torch.long)
+        # A Python int, not a tensor: the Trainer would move a tensor to the GPU and reading it back syncs.
+        tensors["num_real_tokens"] = real_tokens
         # transformers builds the per-record mask from position_ids only without an attention_mask and without
         # a cache, and Llama-style models create a cache whenever use_cache is on, even in training.
         tensors["use_cache"] = False

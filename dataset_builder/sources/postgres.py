@@ -2,16 +2,13 @@
 
 Only values from the request reach the database, and only as parameters; table and column names
 come from settings and are quoted as identifiers; the text-search configuration is picked from a
-whitelist. Rows stream through a server-side cursor, so a million-row read never sits in memory; a
-thread fetches the next batches while the current one becomes documents, at most a few batches ahead.
+whitelist. Rows stream through a server-side cursor, so a million-row read never sits in memory.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -41,8 +38,6 @@ DEFAULT_LANGUAGE = "german"
 FIELDS = ("query", "language", "metadata", "created_after", "created_before", "limit")
 JSON_TYPES = (114, 3802)
 """The type oids of json and jsonb: the server has checked their values, so they are valid JSON text."""
-PREFETCH_BATCHES = 2
-"""Fetched batches that may wait for the consumer; memory stays bounded by a few batches."""
 
 # json and jsonb arrive as their text: one json.loads over a whole batch is several times faster than
 # psycopg2's caster calling it per row.
@@ -115,70 +110,22 @@ def read(spec: Mapping[str, Any], context: SourceContext) -> Iterator[list[Docum
         conn = psycopg2.connect(context.source_database_url)
     except psycopg2.OperationalError as error:
         raise SourceError(f"postgres: cannot connect to the source database ({_first_line(error)})") from error
-    fetched: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_BATCHES)
-    stop = threading.Event()
-    # The server runs the next FETCH while this thread turns the last one into documents.
-    fetcher = threading.Thread(target=_fetch, args=(conn, query, params, context.batch_size, fetched, stop),
-                               name="clara-postgres-fetch", daemon=True)
     try:
         # A read-only transaction: the source is someone else's system of record.
         conn.set_session(readonly=True)
         extensions.register_type(_JSON_AS_TEXT, conn)
-        fetcher.start()
-        while (item := fetched.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield _documents(item)
+        with conn.cursor(name=f"clara_source_{uuid.uuid4().hex[:12]}") as cursor:
+            cursor.execute(query, params)
+            while rows := cursor.fetchmany(context.batch_size):
+                yield _documents(rows, cursor.description[3].type_code in JSON_TYPES)
     except psycopg2.Error as error:
         raise SourceError(f"postgres: cannot read table {table.table!r} ({_first_line(error)})") from error
     finally:
-        stop.set()
-        if fetcher.is_alive():
-            # Closed early: interrupt a long FETCH rather than wait for it.
-            conn.cancel()
-            fetcher.join()
         conn.close()
 
 
-def _fetch(conn: extensions.connection, query: sql.Composed, params: list[Any], size: int,
-           fetched: queue.Queue[Any], stop: threading.Event) -> None:
-    """Run FETCHes on a server-side cursor, queueing each result; then None, or the error that ended it.
-
-    Each FETCH gets a cursor of its own that is handed over unread: the reading thread builds the rows
-    while this one already waits for the next FETCH, so the server is not left idle meanwhile.
-    """
-    outcome: BaseException | None = None
-    try:
-        name = sql.Identifier(f"clara_source_{uuid.uuid4().hex[:12]}")
-        with conn.cursor() as cursor:
-            cursor.execute(sql.SQL("DECLARE {} NO SCROLL CURSOR FOR ").format(name) + query, params)
-            fetch = cursor.mogrify(sql.SQL("FETCH FORWARD %s FROM {}").format(name), [size])
-        while not stop.is_set():
-            batch = conn.cursor()
-            batch.execute(fetch)
-            if batch.rowcount <= 0:
-                break
-            _hand_over(fetched, batch, stop)
-    except BaseException as error:  # noqa: BLE001 - the reading generator raises it in its own thread
-        outcome = error
-    _hand_over(fetched, outcome, stop)
-
-
-def _hand_over(fetched: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
-    """Put an item in the queue unless the reader has stopped listening."""
-    while not stop.is_set():
-        try:
-            fetched.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _documents(batch: extensions.cursor) -> list[Document]:
-    """Turn the (id, title, content, metadata text, created_at text) rows of a FETCH into documents."""
-    with batch:
-        rows = batch.fetchall()
-        json_metadata = batch.description[3].type_code in JSON_TYPES
+def _documents(rows: list[tuple[Any, ...]], json_metadata: bool) -> list[Document]:
+    """Turn (id, title, content, metadata text, created_at text) rows into documents."""
     metadatas = _decode_metadata([row[3] for row in rows], json_metadata)
     # Positional arguments: keywords make the dataclass call measurably slower at 100,000 rows a read.
     return [

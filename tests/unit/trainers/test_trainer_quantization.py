@@ -231,4 +231,6 @@ def test_int8_cast_notes_are_dropped_but_other_bitsandbytes_logs_are_kept(caplog
         eval_logits(model, batch)
         bnb_logger.warning("something else")
 
-    assert [record.getMessage() for record in caplog.records] == ["something else"]
+    # Other tests may have configured Clara's loggers to propagate at INFO; only bitsandbytes' records count here.
+    notes = [record.getMessage() for record in caplog.records if record.name.startswith("bitsandbytes")]
+    assert notes == ["something else"]
