@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install services demo demo-data test test-unit test-integration test-e2e lint bench-datasets bench-training api worker worker-cpu flower tiny-model clean
+.PHONY: install services demo demo-data test test-unit test-integration test-e2e test-reliability lint bench-datasets bench-training bench-api api worker worker-cpu flower tiny-model clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ bench-datasets: install services
 bench-training: install
 	$(PY) benchmarks/bench_training.py
 
+bench-api: install services
+	$(PY) benchmarks/bench_api.py
+
 test: install services
 	$(PY) -m pytest
 
@@ -42,6 +45,10 @@ test-integration: install services
 
 test-e2e: install services
 	$(PY) -m pytest tests/e2e
+
+# Fault injection, the long runs included (five SIGKILLs across three jobs); `make test` skips those.
+test-reliability: install services
+	CLARA_TEST_SLOW=1 $(PY) -m pytest tests/reliability
 
 lint: install
 	$(VENV)/bin/ruff check .

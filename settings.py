@@ -70,6 +70,10 @@ class Settings:
     """Deliveries of one job before it ends failed."""
     lease_seconds: int = 60
     """Lease of a running attempt on its job, renewed every third of it; a lapsed lease frees the job."""
+    reconcile_seconds: int = 60
+    """How often each worker host re-enqueues jobs the broker lost; also how long a job is left alone first."""
+    visibility_timeout: int = 0
+    """Seconds before Redis hands an unacknowledged task to another worker; 0: job_time_limit + 3600."""
     max_concurrent_jobs: int = 1
     """Training jobs the GPU workers can run at once as deployed; /health reports it."""
     gpu_ids: tuple[str, ...] = ()
@@ -108,6 +112,24 @@ class Settings:
     """Documents a dataset build handles at a time; bounds its memory."""
     flower_basic_auth: str = ""
     """user:password for Flower; `make flower` refuses to start without it."""
+    max_active_jobs_per_user: int = 10
+    """Training jobs one user (admins too) may have pending, queued or running; more answer 409 quota_exceeded."""
+    max_active_datasets_per_user: int = 5
+    """Dataset builds one user (admins too) may have pending, queued or running; more answer 409 quota_exceeded."""
+    login_max_failures_per_user: int = 10
+    """Failed logins for one username within the window before its logins answer 429."""
+    login_max_failures_per_address: int = 50
+    """Failed logins from one client address within the window before its logins answer 429."""
+    login_failure_window_seconds: int = 900
+    """How long failed logins are counted, from the first failure."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the API from a browser (exact, e.g. https://clara.example.org); empty: no CORS."""
+    hsts_seconds: int = 0
+    """max-age of Strict-Transport-Security; 0 sends none. Set it only when clients reach the API over HTTPS."""
+    stream_max_seconds: int = 300
+    """Longest one Server-Sent Events stream stays open; clients reconnect with Last-Event-ID and lose nothing."""
+    metrics_token: str = ""
+    """Bearer token GET /metrics requires; empty: /metrics answers only requests from loopback addresses."""
 
     @property
     def is_production(self) -> bool:
@@ -126,11 +148,31 @@ class Settings:
                 problems.append(f"CLARA_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters in production")
             if self.flower_basic_auth and ":" not in self.flower_basic_auth:
                 problems.append("CLARA_FLOWER_BASIC_AUTH must look like user:password")
+            if "*" in self.cors_origins:
+                problems.append("CLARA_CORS_ORIGINS must name origins in production, not '*'")
         for name in ("api_port", "access_token_minutes", "refresh_token_days", "job_time_limit",
                      "max_attempts", "lease_seconds", "max_concurrent_jobs", "max_request_bytes",
-                     "max_dataset_bytes", "max_upload_bytes", "dataset_batch_size"):
+                     "max_dataset_bytes", "max_upload_bytes", "dataset_batch_size", "max_active_jobs_per_user",
+                     "max_active_datasets_per_user", "login_max_failures_per_user",
+                     "login_max_failures_per_address", "login_failure_window_seconds"):
             if getattr(self, name) <= 0:
                 problems.append(f"CLARA_{name.upper()} must be positive")
+        for origin in self.cors_origins:
+            scheme, _, rest = origin.partition("://")
+            if origin != "*" and (scheme not in ("http", "https") or not rest or "/" in rest):
+                problems.append(f"CLARA_CORS_ORIGINS entries must look like https://host[:port], not {origin!r}")
+        if self.stream_max_seconds <= 0:
+            problems.append("CLARA_STREAM_MAX_SECONDS must be positive")
+        if self.hsts_seconds < 0:
+            problems.append("CLARA_HSTS_SECONDS must not be negative")
+        if self.reconcile_seconds <= 0:
+            problems.append("CLARA_RECONCILE_SECONDS must be positive")
+        if self.visibility_timeout < 0:
+            problems.append("CLARA_VISIBILITY_TIMEOUT must not be negative")
+        elif 0 < self.visibility_timeout <= 2 * self.lease_seconds:
+            # A delivery that finds a live lease waits up to a lease in the broker; past the visibility timeout
+            # Redis would hand that waiting task out again and again (kombu#337).
+            problems.append("CLARA_VISIBILITY_TIMEOUT must be more than twice CLARA_LEASE_SECONDS")
         for name in ("broker_timeout", "ready_timeout"):
             if getattr(self, name) <= 0:
                 problems.append(f"CLARA_{name.upper()} must be positive")

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, request
 
-from api import datasets, health, sessions, training, users
+from api import audit, datasets, docs, health, plots, prometheus, sessions, streams, training, users
 from api.errors import ApiError, ClaraApi, register_error_handlers
 from auth.tokens import configure_jwt
 from auth.users import bootstrap_admin
@@ -23,6 +23,17 @@ logger = logging.getLogger(__name__)
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 _NO_DATABASE_PATHS = ("/health", "/ready", "/api/openapi.json")
 UPLOAD_PATH = "/api/datasets/upload"
+# Every response is JSON or a download: nothing may run, be framed or leak where it came from.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+CORS_METHODS = "GET, POST, PATCH, DELETE"
+CORS_HEADERS = "Authorization, Content-Type"
+CORS_EXPOSED = "Retry-After, Content-Disposition"
+CORS_MAX_AGE = "600"
 
 
 def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
@@ -39,6 +50,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         # Every route needs a bearer token unless its own documentation says otherwise.
         API_SPEC_OPTIONS={"security": [{"bearerAuth": []}]},
+        # Swagger UI at /api/docs, with its files served by the API itself: Clara often runs offline.
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL=docs.ASSETS_URL,
     )
     app.extensions["clara_settings"] = settings
     app.extensions["clara_db"] = Database(settings.database_url)
@@ -50,12 +64,49 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     configure_jwt(app, settings)
     register_error_handlers(app)
-    for module in (sessions, users, training, datasets, health):
+    for module in (sessions, users, training, datasets, audit, health):
         api.register_blueprint(module.blp)
+    api.register_blueprint(plots.blp)
+    # Not in the OpenAPI document: event streams, Swagger UI's files and Prometheus' /metrics.
+    for module in (streams, docs, prometheus):
+        app.register_blueprint(module.blp)
 
     app.extensions["clara_schema_ready"] = _prepare_database(app)
     app.before_request(_before_request)
+    app.after_request(_security_headers)
+    app.after_request(_cors_headers)
     return app
+
+
+def _security_headers(response: Response) -> Response:
+    """Add the headers every API response carries; tokens and private data are never cached."""
+    response.headers.update(SECURITY_HEADERS)
+    if "Authorization" in request.headers or request.path.startswith("/api/auth/"):
+        response.headers["Cache-Control"] = "no-store"
+        response.headers.pop("Expires", None)
+    hsts = current_app.extensions["clara_settings"].hsts_seconds
+    if hsts:
+        response.headers["Strict-Transport-Security"] = f"max-age={hsts}; includeSubDomains"
+    return response
+
+
+def _cors_headers(response: Response) -> Response:
+    """Let the configured browser origins call the API; any other origin gets no CORS header at all."""
+    allowed = current_app.extensions["clara_settings"].cors_origins
+    if not allowed:
+        return response
+    response.vary.add("Origin")
+    origin = request.headers.get("Origin")
+    if not origin or (origin not in allowed and "*" not in allowed):
+        return response
+    # Tokens travel in the Authorization header, never in cookies, so credentials are not allowed.
+    response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+    response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+        response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+    return response
 
 
 def _prepare_database(app: Flask) -> bool:

@@ -26,8 +26,9 @@ from api.dataset_schemas import (
 from api.enqueue import enqueue
 from api.errors import ApiError, ErrorSchema
 from api.schemas import EventListQuerySchema, EventListSchema
+from api.training import quota_error
 from auth.tokens import roles_required
-from records import datasets, jobs
+from records import audit, datasets, jobs
 from records.jobs import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ def _owner_scope(dataset: dict) -> int | None:
     return current_user["id"]
 
 
+def _entry(action: str, dataset_id: uuid.UUID | None = None, **details) -> audit.Entry:
+    """An audit entry for what the signed-in user does to a dataset."""
+    return audit.Entry(current_user["id"], current_user["username"], action, "dataset",
+                       None if dataset_id is None else str(dataset_id), details)
+
+
 def spec_error(problems: list[str]) -> ApiError:
     """A 422 naming each bad field of a build request."""
     fields: dict[str, list[str]] = {}
@@ -78,6 +85,7 @@ def spec_error(problems: list[str]) -> ApiError:
 @roles_required("admin", "trainer", "analyst")
 @blp.arguments(DatasetCreateSchema)
 @blp.response(202, DatasetSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your builds have not ended.")
 @blp.alt_response(422, schema=ErrorSchema, description="A field is invalid; the response names it.")
 def create(body: dict) -> dict:
     """Build a dataset; a CPU worker runs the build, and the dataset is answered at once."""
@@ -88,8 +96,13 @@ def create(body: dict) -> dict:
         parse_spec(body, source_context(_db(), _settings()))
     except BuildSpecError as exc:
         raise spec_error(exc.problems) from None
-    dataset = datasets.create_dataset(_db(), name=body["name"], description=body["description"], kind="build",
-                                      spec=body, owner_id=current_user["id"])
+    try:
+        dataset = datasets.create_dataset(
+            _db(), name=body["name"], description=body["description"], kind="build", spec=body,
+            owner_id=current_user["id"], max_active=_settings().max_active_datasets_per_user,
+            audit_entry=_entry("dataset.build", name=body["name"]))
+    except jobs.QuotaExceeded as exc:
+        raise quota_error("dataset builds", "max_active_datasets_per_user", exc) from None
     enqueue(BUILD_TASK, dataset["id"], DATASETS)
     logger.info("User %s started building dataset %s.", current_user["username"], dataset["id"])
     return datasets.get_dataset(_db(), dataset["id"])
@@ -184,7 +197,8 @@ def cancel(dataset_id: uuid.UUID) -> dict:
     """Cancel a build: a queued one never starts, a running one stops after its current batch."""
     owner = _owner_scope(_load(dataset_id))
     try:
-        jobs.request_cancel(_db(), dataset_id, owner_id=owner, kind=DATASETS)
+        jobs.request_cancel(_db(), dataset_id, owner_id=owner, kind=DATASETS,
+                            audit_entry=_entry("dataset.cancel", dataset_id))
     except jobs.JobNotCancellable as exc:
         raise ApiError(409, f"The dataset job already ended ({exc}); there is nothing to cancel.",
                        "job_not_cancellable") from None
@@ -199,7 +213,7 @@ def delete(dataset_id: uuid.UUID) -> None:
     """Delete a dataset and its files; a build still running is cancelled."""
     owner = _owner_scope(_load(dataset_id))
     try:
-        row = datasets.mark_deleted(_db(), dataset_id, owner)
+        row = datasets.mark_deleted(_db(), dataset_id, owner, audit_entry=_entry("dataset.delete", dataset_id))
     except datasets.DatasetInUse:
         raise ApiError(409, f"A training job that has not ended uses dataset {dataset_id}; cancel it or wait.",
                        "dataset_in_use") from None
@@ -243,7 +257,8 @@ def upload(form: dict, files: dict) -> dict:
         incoming.unlink(missing_ok=True)
     datasets.create_dataset(_db(), name=form.get("name") or filename, description=form["description"], kind="upload",
                             spec={"type": "upload", "filename": filename, "format": file_format},
-                            owner_id=current_user["id"], dataset_id=dataset_id)
+                            owner_id=current_user["id"], dataset_id=dataset_id,
+                            audit_entry=_entry("dataset.upload", name=form.get("name") or filename, filename=filename))
     datasets.complete_upload(_db(), dataset_id, str(settings.datasets_dir / str(dataset_id)), manifest)
     logger.info("User %s uploaded dataset %s (%s).", current_user["username"], dataset_id, filename)
     return datasets.get_dataset(_db(), dataset_id)

@@ -8,6 +8,7 @@ from typing import Any
 import kombu.exceptions
 import marshmallow as ma
 import redis.exceptions
+from apispec import BasePlugin
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from flask_smorest import Api
@@ -37,12 +38,13 @@ class ApiError(Exception):
     """An error a view raises to answer with a given status, code and message."""
 
     def __init__(self, status: int, message: str, code: str | None = None,
-                 details: dict[str, Any] | None = None) -> None:
+                 details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code or CODES.get(status, "error")
         self.message = message
         self.details = details or {}
+        self.headers = headers or {}
 
 
 class ErrorBodySchema(ma.Schema):
@@ -97,10 +99,67 @@ def _validation_response(status: int, messages: dict[str, Any]) -> ResponseRetur
     return error_response(status, f"Invalid request. {summary}", "validation_error", {"fields": fields})
 
 
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
+def _error_doc(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _ERROR_CONTENT}
+
+
+class CommonErrorsPlugin(BasePlugin):
+    """Document the errors every route of a kind can answer, and merge form fields into multipart bodies."""
+
+    def init_spec(self, spec: Any) -> None:
+        """Keep the spec, to read the schemas already registered in it."""
+        self.spec = spec
+
+    def operation_helper(self, path: str | None = None, operations: dict | None = None, **kwargs: Any) -> None:
+        """Add 400, 401, 404, 415 and 503 where they apply, and move OpenAPI 2 style formData into the requestBody."""
+        for operation in (operations or {}).values():
+            responses = operation.setdefault("responses", {})
+            content = operation.get("requestBody", {}).get("content", {})
+            common = {
+                "400": "application/json" in content and "The request body is not valid JSON.",
+                "401": operation.get("security") != [] and ("The bearer token is missing, invalid, expired or "
+                                                           "revoked, or its user is disabled."),
+                "404": bool(path and "{" in path) and "No such record, or the caller may not see it.",
+                "415": "application/json" in content and "The request body is not JSON.",
+                "503": path != "/health" and "PostgreSQL, Redis or the queue is unavailable.",
+            }
+            documented = {str(code) for code in responses}
+            for code, description in common.items():
+                if description and code not in documented:
+                    responses[code] = _error_doc(description)
+            _merge_form_fields(operation, content, self.spec.components.schemas)
+
+
+def _merge_form_fields(operation: dict, content: dict, schemas: dict[str, Any]) -> None:
+    """flask-smorest documents form fields beside a file as `in: formData` parameters, which OpenAPI 3 lacks."""
+    form = [p for p in operation.get("parameters", []) if isinstance(p, dict) and p.get("in") == "formData"]
+    multipart = content.get("multipart/form-data")
+    if not form or multipart is None:
+        return
+    operation["parameters"] = [p for p in operation["parameters"] if p not in form]
+    if not operation["parameters"]:
+        del operation["parameters"]
+    files = multipart["schema"]
+    if "$ref" in files:
+        files = schemas[files["$ref"].rsplit("/", 1)[-1]]
+    properties = {p["name"]: {**p["schema"], **({"description": p["description"]} if "description" in p else {})}
+                  for p in form}
+    multipart["schema"] = {"type": "object", "additionalProperties": False,
+                           "properties": {**files.get("properties", {}), **properties},
+                           "required": files.get("required", []) + [p["name"] for p in form if p.get("required")]}
+
+
 class ClaraApi(Api):
     """flask-smorest's Api answering every HTTP error in Clara's shape."""
 
     ERROR_SCHEMA = ErrorSchema
+
+    def _init_spec(self, **kwargs: Any) -> None:
+        """Build the spec with the plugin that documents the common errors."""
+        super()._init_spec(**{**kwargs, "extra_plugins": [*kwargs.get("extra_plugins", ()), CommonErrorsPlugin()]})
 
     def handle_http_exception(self, error: HTTPException) -> ResponseReturnValue:
         """Answer an HTTP error, including webargs' validation errors, as Clara's JSON error."""
@@ -120,7 +179,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> ResponseReturnValue:
-        return error_response(error.status, error.message, error.code, error.details)
+        body, status = error_response(error.status, error.message, error.code, error.details)
+        return body, status, error.headers
 
     @app.errorhandler(DatabaseUnavailable)
     def _database_down(error: DatabaseUnavailable) -> ResponseReturnValue:

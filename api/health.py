@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from flask import current_app
 from flask_smorest import Blueprint
 
+from api.schemas import HealthSchema, ReadySchema
 from records import jobs
 from records.db import DatabaseUnavailable
 
@@ -20,7 +21,7 @@ TRAINING_QUEUE = "gpu"
 
 @blp.route("/health", methods=["GET"])
 @blp.doc(security=[])
-@blp.response(200)
+@blp.response(200, HealthSchema)
 def health() -> dict:
     """Liveness: the API process answers. Never fails because a dependency is down."""
     settings = current_app.extensions["clara_settings"]
@@ -69,8 +70,8 @@ def _check_workers() -> str | None:
 
 @blp.route("/ready", methods=["GET"])
 @blp.doc(security=[])
-@blp.response(200)
-@blp.alt_response(503, description="A dependency is down; the body names it.")
+@blp.response(200, ReadySchema)
+@blp.alt_response(503, schema=ReadySchema, description="A dependency is down; the body names it.")
 def ready():
     """Readiness: PostgreSQL, Redis and at least one training worker answer."""
     checks = {"database": _check_database(), "redis": _check_redis()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import marshmallow as ma
 from marshmallow import fields, validate
@@ -19,6 +20,20 @@ from trainers.config import (
 
 JOB_STATUSES = ("pending", "queued", "running", "completed", "failed", "cancelled")
 MAX_METADATA_BYTES = 16 * 1024
+BIGINT_MAX = 2**63 - 1
+
+
+def _nul_paths(value: object, path: str) -> list[str]:
+    """The paths of the strings (keys included) inside a value that contain a NUL character."""
+    if isinstance(value, str):
+        return [path] if "\x00" in value else []
+    if isinstance(value, Mapping):
+        return [found for key, item in value.items()
+                for found in ([f"{path}.{key}".lstrip(".")] if "\x00" in str(key) else [])
+                + _nul_paths(item, f"{path}.{key}".lstrip("."))]
+    if isinstance(value, list | tuple):
+        return [found for index, item in enumerate(value) for found in _nul_paths(item, f"{path}[{index}]")]
+    return []
 
 
 class InputSchema(ma.Schema):
@@ -26,6 +41,19 @@ class InputSchema(ma.Schema):
 
     class Meta:
         unknown = ma.RAISE
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        """Integers end up in PostgreSQL bigint columns: a larger one is a field error, not a database error."""
+        if isinstance(field_obj, fields.Integer):
+            field_obj.validators = [*field_obj.validators, validate.Range(min=-BIGINT_MAX - 1, max=BIGINT_MAX)]
+
+    @ma.pre_load
+    def _reject_nul(self, data: object, **kwargs) -> object:
+        """PostgreSQL stores no NUL character in text or JSON, so a string holding one is a field error."""
+        paths = _nul_paths(data, "") if isinstance(data, Mapping) else []
+        if paths:
+            raise ma.ValidationError({path: ["Must not contain a NUL character."] for path in paths})
+        return data
 
 
 class StrictFloat(fields.Float):
@@ -386,3 +414,23 @@ class UserListSchema(ma.Schema):
     object = fields.Constant("list")
     data = fields.List(fields.Nested(UserSchema))
     has_more = fields.Boolean()
+
+
+class HealthSchema(ma.Schema):
+    """Liveness, with the number of active jobs when PostgreSQL answers."""
+
+    status = fields.String(metadata={"example": "healthy"})
+    service = fields.String()
+    port = fields.Integer()
+    active_jobs = fields.Integer(allow_none=True)
+    max_concurrent_jobs = fields.Integer()
+    timestamp = fields.String(metadata={"format": "date-time"})
+
+
+class ReadySchema(ma.Schema):
+    """Readiness: each dependency's check, and when one is down, the error naming it."""
+
+    status = fields.String(validate=validate.OneOf(("ready", "not_ready")))
+    checks = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"example": {"database": "ok", "redis": "ok", "workers": "ok"}})
+    error = fields.Nested("ErrorBodySchema", required=False)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from flask import current_app
+from flask import current_app, request
 from flask_jwt_extended import current_user, decode_token, get_jwt, jwt_required
 from flask_smorest import Blueprint
 from jwt.exceptions import PyJWTError
 
 from api.errors import ApiError, ErrorSchema
 from api.schemas import LoginSchema, LogoutSchema, TokenSchema, UserSchema
+from auth import login_limits
 from auth.tokens import issue_tokens, revoke_session, revoke_token
-from auth.users import authenticate
+from auth.users import authenticate, user_id_of
+from records import audit
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +26,32 @@ blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Log in, r
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
 @blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password.")
+@blp.alt_response(429, schema=ErrorSchema, description="Too many failed logins; Retry-After says when to try again.")
 def login(credentials: dict) -> dict:
     """Exchange a username and password for an access and a refresh token."""
-    user = authenticate(current_app.extensions["clara_db"], credentials["username"], credentials["password"])
+    settings = current_app.extensions["clara_settings"]
+    store = current_app.extensions["clara_redis"]
+    db = current_app.extensions["clara_db"]
+    username, address = credentials["username"], request.remote_addr or "unknown"
+    # Checked before the password, so a locked-out username cannot be probed further, even with the right one.
+    wait = login_limits.retry_after(store, settings, username, address)
+    if wait is not None:
+        logger.warning("Login for username %s from %s refused: too many failed logins.", username, address)
+        raise ApiError(429, f"Too many failed logins; try again in {wait} seconds.", "too_many_requests",
+                       {"retry_after": wait}, headers={"Retry-After": str(wait)})
+    user = authenticate(db, username, credentials["password"])
     if user is None:
-        logger.info("Login failed for username %s.", credentials["username"])
+        login_limits.record_failure(store, settings, username, address)
+        logger.info("Login failed for username %s from %s.", username, address)
+        actor_id = user_id_of(db, username)
+        # An unknown username is not stored: it may be a password typed into the wrong field.
+        audit.record(db, audit.Entry(actor_id, username if actor_id else "(unknown user)", "auth.login_failed",
+                                     "user", str(actor_id) if actor_id else None, {"address": address}))
         raise ApiError(401, "Wrong username or password.", "invalid_credentials")
-    logger.info("User %s logged in.", user["username"])
+    login_limits.clear_user(store, username)
+    logger.info("User %s logged in from %s.", user["username"], address)
+    audit.record(db, audit.Entry(user["id"], user["username"], "auth.login", "user", str(user["id"]),
+                                 {"address": address}))
     return issue_tokens(user)
 
 
@@ -61,6 +82,8 @@ def logout(body: dict) -> None:
         if refresh_claims.get("sub") == claims["sub"]:
             revoke_session(refresh_claims)
     logger.info("User %s logged out.", current_user["username"])
+    audit.record(current_app.extensions["clara_db"], audit.Entry(
+        current_user["id"], current_user["username"], "auth.logout", "user", str(current_user["id"])))
 
 
 @blp.route("/me", methods=["GET"])

@@ -26,7 +26,7 @@ from api.schemas import (
     JobSchema,
 )
 from auth.tokens import roles_required
-from records import checkpoints, datasets, jobs
+from records import audit, checkpoints, datasets, jobs
 from settings import Settings
 from trainers.record_format import dataset_problems
 
@@ -59,6 +59,19 @@ def _load_visible(job_id: uuid.UUID) -> dict:
         raise ApiError(404, f"No training job {job_id}.", "job_not_found") from None
 
 
+def _entry(action: str, job_id: uuid.UUID | None = None, **details) -> audit.Entry:
+    """An audit entry for what the signed-in user does to a training job."""
+    return audit.Entry(current_user["id"], current_user["username"], action, "training_job",
+                       None if job_id is None else str(job_id), details)
+
+
+def quota_error(what: str, setting: str, exc: jobs.QuotaExceeded) -> ApiError:
+    """A 409 naming the quota a user has reached."""
+    return ApiError(409, f"Quota exceeded: you already have {exc.active} {what} not yet ended, and "
+                         f"{setting} allows {exc.limit} per user; wait for one to end or cancel one.",
+                    "quota_exceeded", {"quota": setting, "limit": exc.limit, "active": exc.active})
+
+
 def _field_error(field: str, message: str) -> ApiError:
     return ApiError(422, f"Invalid request. {field}: {message}", "validation_error", {"fields": {field: [message]}})
 
@@ -67,6 +80,7 @@ def _field_error(field: str, message: str) -> ApiError:
 @roles_required("admin", "trainer")
 @blp.arguments(JobCreateSchema)
 @blp.response(202, JobSchema)
+@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your jobs have not ended.")
 @blp.alt_response(422, schema=ErrorSchema, description="A field is invalid; the response names it.")
 @blp.alt_response(503, schema=ErrorSchema, description="The database or the queue is down; nothing was queued.")
 def submit(body: dict) -> dict:
@@ -98,12 +112,17 @@ def submit(body: dict) -> dict:
     if problems:
         summary = " ".join(f"{name}: {messages[0]}." for name, messages in problems.items())
         raise ApiError(422, f"Invalid request. {summary}", "validation_error", {"fields": problems})
-    job = jobs.create_job(
-        _db(), job_name=body["job_name"], trainer_type=body["trainer_type"], base_model=base_model,
-        dataset_path=str(dataset_path), hyperparameters=body["hyperparameters"], metadata=body["metadata"],
-        owner_id=current_user["id"], dataset_id=body.get("dataset_id"),
-        validation_path=str(validation_path) if validation_path else None, parent_job_id=body.get("parent_job_id"),
-    )
+    try:
+        job = jobs.create_job(
+            _db(), job_name=body["job_name"], trainer_type=body["trainer_type"], base_model=base_model,
+            dataset_path=str(dataset_path), hyperparameters=body["hyperparameters"], metadata=body["metadata"],
+            owner_id=current_user["id"], dataset_id=body.get("dataset_id"),
+            validation_path=str(validation_path) if validation_path else None,
+            parent_job_id=body.get("parent_job_id"), max_active=settings.max_active_jobs_per_user,
+            audit_entry=_entry("training_job.submit", job_name=body["job_name"], trainer_type=body["trainer_type"]),
+        )
+    except jobs.QuotaExceeded as exc:
+        raise quota_error("training jobs", "max_active_jobs_per_user", exc) from None
     enqueue(TRAIN_TASK, job["id"], jobs.TRAINING)
     logger.info("User %s submitted training job %s.", current_user["username"], job["id"])
     return jobs.get_job(_db(), job["id"])
@@ -187,11 +206,11 @@ def checkpoint_list(job_id: uuid.UUID) -> dict:
     return {"data": checkpoints.list_checkpoints(_db(), job_id)}
 
 
-def _cancel(job_id: uuid.UUID) -> dict:
+def _cancel(job_id: uuid.UUID, action: str) -> dict:
     """Cancel a job the caller may cancel: trainers their own, admins any."""
     owner = current_user["id"] if current_user["role"] != "admin" else None
     try:
-        jobs.request_cancel(_db(), job_id, owner_id=owner)
+        jobs.request_cancel(_db(), job_id, owner_id=owner, audit_entry=_entry(action, job_id))
         job = jobs.get_job(_db(), job_id)
     except jobs.JobNotFound:
         raise ApiError(404, f"No training job {job_id}.", "job_not_found") from None
@@ -214,7 +233,7 @@ def _cancel(job_id: uuid.UUID) -> dict:
 @blp.alt_response(409, schema=ErrorSchema, description="The job already ended.")
 def cancel(job_id: uuid.UUID) -> dict:
     """Cancel a job: a queued job never starts, a running one stops at its next step."""
-    return _cancel(job_id)
+    return _cancel(job_id, "training_job.cancel")
 
 
 @blp.route("/<uuid:job_id>", methods=["DELETE"])
@@ -223,7 +242,7 @@ def cancel(job_id: uuid.UUID) -> dict:
 @blp.alt_response(409, schema=ErrorSchema, description="The job already ended.")
 def delete(job_id: uuid.UUID) -> dict:
     """Cancel a job (the same as POST .../cancel); its record stays."""
-    return _cancel(job_id)
+    return _cancel(job_id, "training_job.delete")
 
 
 @blp.route("/<uuid:job_id>/adapter", methods=["GET"])

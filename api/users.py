@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask import current_app
+from flask_jwt_extended import current_user
 from flask_smorest import Blueprint
 
 from api.errors import ApiError, ErrorSchema
-from api.schemas import UserCreateSchema, UserListQuerySchema, UserListSchema, UserSchema
+from api.schemas import InputSchema, UserCreateSchema, UserListQuerySchema, UserListSchema, UserSchema
 from auth.tokens import roles_required
-from auth.users import UsernameTaken, create_user, list_users
+from auth.users import UsernameTaken, create_user, list_users, set_disabled
+from records import audit
 
-blp = Blueprint("users", __name__, url_prefix="/api/users", description="Create and list users (admins).")
+blp = Blueprint("users", __name__, url_prefix="/api/users", description="Create, list and disable users (admins).")
+
+
+class UserUpdateSchema(InputSchema):
+    """What an admin may change about a user."""
+
+    disabled = ma.fields.Boolean(required=True, metadata={"description": "A disabled user's tokens stop working."})
+
+
+def _entry(action: str, object_id: int | None = None, **details) -> audit.Entry:
+    """An audit entry for what the signed-in admin does to a user."""
+    return audit.Entry(current_user["id"], current_user["username"], action, "user",
+                       None if object_id is None else str(object_id), details)
 
 
 @blp.route("", methods=["POST"])
@@ -21,7 +36,8 @@ blp = Blueprint("users", __name__, url_prefix="/api/users", description="Create 
 def create(body: dict) -> dict:
     """Create a user with a role among admin, trainer and analyst."""
     try:
-        return create_user(current_app.extensions["clara_db"], body["username"], body["password"], body["role"])
+        return create_user(current_app.extensions["clara_db"], body["username"], body["password"], body["role"],
+                           audit_entry=_entry("user.create", username=body["username"], role=body["role"]))
     except UsernameTaken:
         raise ApiError(409, f"The username {body['username']!r} is taken.", "username_taken",
                        {"fields": {"username": ["Already taken."]}}) from None
@@ -29,9 +45,28 @@ def create(body: dict) -> dict:
 
 @blp.route("", methods=["GET"])
 @roles_required("admin")
-@blp.arguments(UserListQuerySchema, location="query")
+@blp.arguments(UserListQuerySchema, location="query", unknown=ma.RAISE)
 @blp.response(200, UserListSchema)
 def index(query: dict) -> dict:
     """List users in creation order; pass the last id as `after` for the next page."""
     rows, has_more = list_users(current_app.extensions["clara_db"], limit=query["limit"], after=query.get("after"))
     return {"data": rows, "has_more": has_more}
+
+
+@blp.route("/<int:user_id>", methods=["PATCH"])
+@roles_required("admin")
+@blp.arguments(UserUpdateSchema)
+@blp.response(200, UserSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No such user.")
+@blp.alt_response(409, schema=ErrorSchema, description="Admins cannot disable themselves.")
+def update(body: dict, user_id: int) -> dict:
+    """Disable or enable a user; a disabled user's tokens stop working at once."""
+    if user_id == current_user["id"] and body["disabled"]:
+        # The last admin disabling themselves would leave nobody able to undo it.
+        raise ApiError(409, "You cannot disable your own account.", "cannot_disable_self")
+    action = "user.disable" if body["disabled"] else "user.enable"
+    user = set_disabled(current_app.extensions["clara_db"], user_id, body["disabled"],
+                        audit_entry=_entry(action, user_id))
+    if user is None:
+        raise ApiError(404, f"No user {user_id}.", "user_not_found")
+    return user

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg2.errors
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from records import audit
 from records.db import Database
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ def hash_password(password: str) -> str:
     return generate_password_hash(password, method=PASSWORD_METHOD)
 
 
-def create_user(db: Database, username: str, password: str, role: str) -> dict[str, Any]:
+def create_user(db: Database, username: str, password: str, role: str,
+                audit_entry: audit.Entry | None = None) -> dict[str, Any]:
     """Store a new user and return it without its hash."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
@@ -40,6 +42,8 @@ def create_user(db: Database, username: str, password: str, role: str) -> dict[s
                 (username, hash_password(password), role),
             )
             user = dict(cur.fetchone())
+            if audit_entry is not None:
+                audit.write(cur, audit_entry, object_id=user["id"])
     except psycopg2.errors.UniqueViolation:
         raise UsernameTaken(username) from None
     logger.info("Created user %s with role %s.", username, role)
@@ -52,6 +56,27 @@ def get_user(db: Database, user_id: int) -> dict[str, Any] | None:
         cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", (user_id,))
         row = cur.fetchone()
     return dict(row) if row else None
+
+
+def set_disabled(db: Database, user_id: int, disabled: bool,
+                 audit_entry: audit.Entry | None = None) -> dict[str, Any] | None:
+    """Disable or enable a user and return it, or None when no user has this id; tokens are checked per request."""
+    with db.transaction() as cur:
+        cur.execute(f"UPDATE users SET disabled = %s WHERE id = %s RETURNING {_USER_COLUMNS}", (disabled, user_id))
+        row = cur.fetchone()
+        if row is not None and audit_entry is not None:
+            audit.write(cur, audit_entry)
+    if row is not None:
+        logger.info("User %s is now %s.", row["username"], "disabled" if disabled else "enabled")
+    return dict(row) if row else None
+
+
+def user_id_of(db: Database, username: str) -> int | None:
+    """The id of the user with this username, or None."""
+    with db.transaction() as cur:
+        cur.execute("SELECT id FROM users WHERE username = %s", (username,))
+        row = cur.fetchone()
+    return row["id"] if row else None
 
 
 def list_users(db: Database, *, limit: int, after: int | None) -> tuple[list[dict[str, Any]], bool]:

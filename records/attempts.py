@@ -22,7 +22,9 @@ def claim(db: Database, job_id: uuid.UUID, *, attempt_id: str, worker: str, leas
         cur.execute(
             kind.query("SELECT status, cancel_requested, attempts, lease_owner,"
                        " lease_expires_at > now() AS lease_live,"
-                       " extract(epoch FROM lease_expires_at - now())::float AS lease_left"
+                       " extract(epoch FROM lease_expires_at - now())::float AS lease_left,"
+                       " (SELECT count(*) FROM {events} WHERE job_id = {table}.id AND type = 'status'"
+                       "  AND data ? 'handed_back') AS handed_back"
                        " FROM {table} WHERE id = %s FOR UPDATE"),
             (job_id,),
         )
@@ -36,7 +38,8 @@ def claim(db: Database, job_id: uuid.UUID, *, attempt_id: str, worker: str, leas
             return ClaimResult(Claim.CANCELLED)
         if row["status"] == "running" and row["lease_live"]:
             return ClaimResult(Claim.LEASED, lease_seconds_left=row["lease_left"])
-        if row["attempts"] >= max_attempts:
+        # An attempt its worker handed back on shutdown did not fail, so deploys never use up a job's attempts.
+        if row["attempts"] - row["handed_back"] >= max_attempts:
             _end(cur, kind, job_id, "failed", f"Job failed after {row['attempts']} attempts.",
                  error=("max_attempts", f"The job was started {row['attempts']} times without finishing."))
             return ClaimResult(Claim.EXHAUSTED)
@@ -103,6 +106,23 @@ def finish(db: Database, job_id: uuid.UUID, attempt_id: str, status: str, messag
             logger.warning("Attempt %s no longer owns job %s; its result is discarded.", attempt_id, job_id)
             return False
         _end(cur, kind, job_id, status, message, metrics=metrics, error=error, columns=columns)
+    return True
+
+
+def hand_back(db: Database, job_id: uuid.UUID, attempt_id: str, *, step: int, worker: str,
+              metrics: dict[str, Any] | None = None, kind: JobTable = TRAINING) -> bool:
+    """Put the job back to queued and release this attempt's lease; False when the attempt no longer owns it."""
+    with db.transaction() as cur:
+        cur.execute(
+            kind.query("UPDATE {table} SET status = 'queued', metrics = metrics || %s, lease_owner = NULL,"
+                       " lease_expires_at = NULL WHERE id = %s AND lease_owner = %s AND status = 'running'"),
+            (Json(metrics or {}), job_id, attempt_id),
+        )
+        if cur.rowcount != 1:
+            logger.warning("Attempt %s no longer owns job %s; nothing to hand back.", attempt_id, job_id)
+            return False
+        add_event(cur, job_id, "status", f"Handed back at step {step} by {worker} shutting down.",
+                  data={"status": "queued", "handed_back": True, "step": step, "worker": worker}, kind=kind)
     return True
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from psycopg2.extras import Json
 
+from records import audit
 from records.db import Database
-from records.jobs import ACTIVE_STATUSES, DATASETS, JobNotFound, UnknownCursor, add_event
+from records.jobs import ACTIVE_STATUSES, DATASETS, JobNotFound, UnknownCursor, add_event, enforce_quota
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +27,20 @@ class DatasetInUse(RuntimeError):
 
 
 def create_dataset(db: Database, *, name: str, description: str, kind: str, spec: dict[str, Any],
-                   owner_id: int, dataset_id: uuid.UUID | None = None) -> dict[str, Any]:
-    """Record a new dataset job as pending and return it."""
+                   owner_id: int, dataset_id: uuid.UUID | None = None, max_active: int | None = None,
+                   audit_entry: audit.Entry | None = None) -> dict[str, Any]:
+    """Record a new dataset job as pending and return it; with max_active, refuse past the owner's quota."""
     dataset_id = dataset_id or uuid.uuid4()
     with db.transaction() as cur:
+        enforce_quota(cur, DATASETS, owner_id, max_active)
         cur.execute(
             "INSERT INTO dataset_jobs (id, name, description, kind, status, spec, owner_id)"
             " VALUES (%s, %s, %s, %s, 'pending', %s, %s)",
             (dataset_id, name, description, kind, Json(spec), owner_id),
         )
         add_event(cur, dataset_id, "status", "Dataset job created.", data={"status": "pending"}, kind=DATASETS)
+        if audit_entry is not None:
+            audit.write(cur, audit_entry, object_id=dataset_id)
     return get_dataset(db, dataset_id)
 
 
@@ -89,7 +94,8 @@ def list_datasets(db: Database, *, owner_id: int | None, status: str | None, lim
     return rows[:limit], len(rows) > limit
 
 
-def mark_deleted(db: Database, dataset_id: uuid.UUID, owner_id: int | None) -> dict[str, Any]:
+def mark_deleted(db: Database, dataset_id: uuid.UUID, owner_id: int | None,
+                 audit_entry: audit.Entry | None = None) -> dict[str, Any]:
     """Delete a dataset's record (its files are the caller's); refused while a live training job uses it."""
     with db.transaction() as cur:
         cur.execute(
@@ -113,6 +119,8 @@ def mark_deleted(db: Database, dataset_id: uuid.UUID, owner_id: int | None) -> d
             (dataset_id,),
         )
         add_event(cur, dataset_id, "status", "Dataset deleted.", kind=DATASETS)
+        if audit_entry is not None:
+            audit.write(cur, audit_entry)
     return dict(row)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -16,6 +18,12 @@ import psycopg2.pool
 logger = logging.getLogger(__name__)
 
 psycopg2.extras.register_uuid()
+
+T = TypeVar("T")
+
+# Backoff between retries of a write while PostgreSQL is down: a restart takes seconds, a failover longer.
+RETRY_FIRST_DELAY = 0.5
+RETRY_MAX_DELAY = 5.0
 
 # Errors that mean the database cannot be reached right now, as opposed to a bad query.
 UNAVAILABLE_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.pool.PoolError)
@@ -47,6 +55,10 @@ class Database:
                     self._pool = psycopg2.pool.ThreadedConnectionPool(
                         0, self.max_connections, self.url, connect_timeout=self.connect_timeout
                     )
+                    # psycopg2 keeps only `minconn` returned connections and closes the rest, so with 0
+                    # every transaction would open a new one (5x slower). Raising it after creation
+                    # keeps connections for reuse without opening them all up front.
+                    self._pool.minconn = self.max_connections
                 except UNAVAILABLE_ERRORS as exc:
                     raise DatabaseUnavailable(f"PostgreSQL is unavailable: {_first_line(exc)}") from exc
                 self._pid = os.getpid()
@@ -83,6 +95,26 @@ class Database:
         """Raise DatabaseUnavailable unless PostgreSQL answers."""
         with self.transaction() as cur:
             cur.execute("SELECT 1")
+
+
+def retry_unavailable(operation: Callable[[], T], *, give_up_after: float, what: str) -> T:
+    """Run operation, retrying with backoff while PostgreSQL is unavailable, for at most give_up_after seconds.
+
+    Only for writes that are safe to repeat: a retry after a lost commit reply runs the write again.
+    """
+    deadline = time.monotonic() + give_up_after
+    delay = RETRY_FIRST_DELAY
+    while True:
+        try:
+            return operation()
+        except DatabaseUnavailable as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                logger.error("Giving up on %s after %.0f seconds: %s", what, give_up_after, exc)
+                raise
+            logger.warning("Could not %s (%s); trying again in %.1f seconds.", what, exc, min(delay, left))
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, RETRY_MAX_DELAY)
 
 
 def _first_line(exc: BaseException) -> str:

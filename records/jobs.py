@@ -11,6 +11,7 @@ from typing import Any
 from psycopg2 import sql
 from psycopg2.extras import Json
 
+from records import audit
 from records.db import Database
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,15 @@ class UnknownCursor(LookupError):
     """A pagination cursor names no visible record."""
 
 
+class QuotaExceeded(RuntimeError):
+    """The user already has as many active jobs of this kind as the quota allows."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"{active} active of at most {limit}")
+        self.active = active
+        self.limit = limit
+
+
 class Claim(enum.Enum):
     """What a delivery of a job's task found when it tried to take the job."""
 
@@ -87,13 +97,29 @@ def add_event(cur, job_id: uuid.UUID, type_: str, message: str, level: str = "in
     )
 
 
+def enforce_quota(cur, kind: JobTable, owner_id: int, limit: int | None) -> None:
+    """Raise QuotaExceeded when the owner has `limit` jobs not yet ended; call in the inserting transaction."""
+    if limit is None:
+        return
+    # Serialises count-and-insert per user and kind: two requests at once cannot both see room for one more.
+    # The lock is transaction-scoped, so it is released by the insert's commit or rollback.
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s), %s)", (kind.table, owner_id))
+    cur.execute(kind.query("SELECT count(*) AS n FROM {table} WHERE owner_id = %s AND status = ANY(%s)"),
+                (owner_id, list(ACTIVE_STATUSES)))
+    active = cur.fetchone()["n"]
+    if active >= limit:
+        raise QuotaExceeded(active, limit)
+
+
 def create_job(db: Database, *, job_name: str, trainer_type: str, base_model: str, dataset_path: str,
                hyperparameters: dict[str, Any], metadata: dict[str, Any], owner_id: int,
                dataset_id: uuid.UUID | None = None, validation_path: str | None = None,
-               parent_job_id: uuid.UUID | None = None) -> dict[str, Any]:
-    """Record a new job as pending and return it."""
+               parent_job_id: uuid.UUID | None = None, max_active: int | None = None,
+               audit_entry: audit.Entry | None = None) -> dict[str, Any]:
+    """Record a new job as pending and return it; with max_active, refuse past the owner's quota."""
     job_id = uuid.uuid4()
     with db.transaction() as cur:
+        enforce_quota(cur, TRAINING, owner_id, max_active)
         cur.execute(
             "INSERT INTO training_jobs (id, job_name, trainer_type, status, base_model, dataset_path,"
             " hyperparameters, metadata, owner_id, dataset_id, validation_path, parent_job_id)"
@@ -102,6 +128,8 @@ def create_job(db: Database, *, job_name: str, trainer_type: str, base_model: st
              Json(metadata), owner_id, dataset_id, validation_path, parent_job_id),
         )
         add_event(cur, job_id, "status", "Job created.", data={"status": "pending"})
+        if audit_entry is not None:
+            audit.write(cur, audit_entry, object_id=job_id)
     return get_job(db, job_id)
 
 
@@ -191,9 +219,12 @@ def list_events(db: Database, job_id: uuid.UUID, *, after: int | None, limit: in
 
 
 def request_cancel(db: Database, job_id: uuid.UUID, owner_id: int | None = None,
-                   kind: JobTable = TRAINING) -> None:
+                   kind: JobTable = TRAINING, audit_entry: audit.Entry | None = None) -> None:
     """Record a cancel; a job not yet running ends cancelled at once, a running one at its next step."""
     with db.transaction() as cur:
+        if audit_entry is not None:
+            # Written first but committed only with the cancel: a refused cancel rolls it back.
+            audit.write(cur, audit_entry)
         cur.execute(
             kind.query("SELECT status, cancel_requested FROM {table}"
                        " WHERE id = %s AND (%s::bigint IS NULL OR owner_id = %s) FOR UPDATE"),

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 import celeryconfig
 import settings as clara_settings
@@ -55,3 +55,23 @@ def _prepare_child(**_: Any) -> None:
     gpu = pin_gpu(index)
     logger.info("Worker child %s trains on %s.", index, f"GPU {gpu}" if gpu is not None else "its default device")
     reset_database()
+
+
+_reconciler = None
+
+
+@worker_ready.connect
+def _start_reconciler(**_: Any) -> None:
+    """Re-enqueue jobs the broker lost, now and every CLARA_RECONCILE_SECONDS, from this worker's main process."""
+    from tasks.reconcile import Reconciler
+
+    global _reconciler
+    _reconciler = Reconciler(app, app.clara_settings)
+    _reconciler.start()
+
+
+@worker_shutdown.connect
+def _stop_reconciler(**_: Any) -> None:
+    """Stop the reconciler with the worker."""
+    if _reconciler is not None:
+        _reconciler.stop()

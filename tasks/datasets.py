@@ -34,7 +34,11 @@ def build_dataset_job(self, dataset_id: str) -> dict[str, Any]:
     worker = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}"
 
     def publish(meta: dict[str, Any]) -> None:
-        self.update_state(state="PROGRESS", meta=meta)
+        # Only Flower reads this; a Redis outage must not end the build.
+        try:
+            self.update_state(state="PROGRESS", meta=meta)
+        except Exception as exc:  # redis-py and kombu raise several types for a backend that is down.
+            logger.warning("Could not publish progress of dataset job %s: %s", dataset_id, exc)
 
     summary = run_dataset_job(database(settings), settings, uuid.UUID(dataset_id), worker=worker, publish=publish)
     if summary["outcome"] == Claim.LEASED.value:

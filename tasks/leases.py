@@ -13,6 +13,8 @@ from records.jobs import TRAINING, JobTable
 
 logger = logging.getLogger(__name__)
 
+RETRY_WHILE_DOWN_SECONDS = 1.0
+
 
 class LeaseKeeper:
     """Renews the attempt's lease on its job from a background thread while training runs."""
@@ -39,11 +41,19 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         # Renew well inside the lease so one slow renewal never lets it lapse.
-        while not self._stopped.wait(self.lease_seconds / 3):
+        interval = self.lease_seconds / 3
+        wait = interval
+        while not self._stopped.wait(wait):
             try:
                 if not attempts.renew_lease(self.db, self.job_id, self.attempt_id, self.lease_seconds, self.kind):
                     logger.warning("Attempt %s lost its lease on job %s.", self.attempt_id, self.job_id)
                     self.on_lost()
                     return
+                wait = interval
             except DatabaseUnavailable as exc:
-                logger.warning("Could not renew the lease on job %s: %s", self.job_id, exc)
+                # Training goes on: while PostgreSQL is down nobody can claim the job either. The renewal
+                # does not require an unexpired lease, so retrying soon after the database returns keeps
+                # the job unless another delivery claimed the lapsed lease first, which renew then reports.
+                wait = min(interval, RETRY_WHILE_DOWN_SECONDS)
+                logger.warning("Could not renew the lease on job %s (%s); trying again in %.0f seconds.",
+                               self.job_id, exc, wait)

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.signals import worker_shutting_down
 
 from records import attempts, checkpoints
-from records.db import Database, DatabaseUnavailable
+from records.db import Database, DatabaseUnavailable, retry_unavailable
 from records.jobs import TRAINING, Claim, JobNotFound, add_event, get_job
 from settings import Settings
 from tasks.leases import LeaseKeeper
@@ -33,6 +36,22 @@ PROGRESS_WRITE_SECONDS = 1.0
 CANCEL_CHECK_SECONDS = 1.0
 PROGRESS_EVENTS_PER_JOB = 20
 LEASE_GRACE_SECONDS = 2.0
+# A finished job must be recorded: keep trying through a PostgreSQL restart or failover. Past this the
+# delivery is retried later, and the next attempt finds the published adapter or the newest checkpoint.
+FINISH_RETRY_SECONDS = 300.0
+# Shutdown should not hang on a dead database: the requeued message and the lapsing lease bring the job back.
+HAND_BACK_RETRY_SECONDS = 10.0
+# A checkpoint's index row and event ride out a blip; no longer, since training waits meanwhile and the disk,
+# not the index, is what a resume reads.
+CHECKPOINT_RECORD_RETRY_SECONDS = 2.0
+# A delivery that cannot reach PostgreSQL comes back after this long rather than being dropped.
+DATABASE_DOWN_RETRY_SECONDS = 15.0
+# SIGTERMs this close together are one shutdown told twice (a process manager signals the whole group while
+# the worker forwards its own); a later one insists, and the child ends as it would without Clara.
+REPEATED_SIGTERM_SECONDS = 2.0
+
+# Set once this process's worker shuts down warm: running training checkpoints and hands its job back.
+_shutting_down = threading.Event()
 
 _database: Database | None = None
 
@@ -58,10 +77,24 @@ def train_job(self, job_id: str) -> dict[str, Any]:
     worker = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}"
 
     def publish(meta: dict[str, Any]) -> None:
-        # Flower and AsyncResult show this; PostgreSQL remains the truth.
-        self.update_state(state="PROGRESS", meta=meta)
+        # Flower and AsyncResult show this; PostgreSQL remains the truth, so a Redis outage must not end training.
+        try:
+            self.update_state(state="PROGRESS", meta=meta)
+        except Exception as exc:  # redis-py and kombu raise several types for a backend that is down.
+            logger.warning("Could not publish progress of job %s to the result backend: %s", job_id, exc)
 
-    summary = run_training_job(database(settings), settings, uuid.UUID(job_id), worker=worker, publish=publish)
+    try:
+        with _sigterm_hands_back():
+            summary = run_training_job(database(settings), settings, uuid.UUID(job_id), worker=worker,
+                                       publish=publish)
+    except DatabaseUnavailable as exc:
+        # Acknowledging now would lose the job; a later delivery claims it or finds its adapter.
+        logger.warning("Job %s could not reach PostgreSQL (%s); delivering it again in %.0f seconds.",
+                       job_id, exc, DATABASE_DOWN_RETRY_SECONDS)
+        raise self.retry(countdown=DATABASE_DOWN_RETRY_SECONDS) from exc
+    if summary["outcome"] == "handed_back":
+        # Back on the queue for another worker; late acks mean the message was never acknowledged.
+        raise Reject("the worker is shutting down", requeue=True)
     if summary["outcome"] == Claim.LEASED.value:
         # Another attempt holds the job, or held it before its worker died. Look again once its lease
         # would have lapsed: a live attempt will have renewed it, a dead one has left the job to us.
@@ -91,9 +124,82 @@ def run_training_job(db: Database, settings: Settings, job_id: uuid.UUID, *, wor
         status, message, fields = _published_earlier(job, settings) or _train(db, job, settings, reporter)
     finally:
         lease.stop()
-    attempts.finish(db, job_id, attempt_id, status, message, **fields)
+    if status == "handed_back":
+        _hand_back(db, job_id, attempt_id, worker, fields)
+        return {"job_id": str(job_id), "outcome": status}
+    if reporter.last_state is not None:
+        # Throttled or failed progress writes must not leave the finished job showing an older step.
+        fields = {**fields, "columns": {**fields.get("columns", {}), "progress": reporter.last_state}}
+    # Retried until recorded: while PostgreSQL is down nobody else can claim the job either, and once it is
+    # back the write succeeds unless another attempt took the lapsed lease (then finish answers False).
+    retry_unavailable(lambda: attempts.finish(db, job_id, attempt_id, status, message, **fields),
+                      give_up_after=FINISH_RETRY_SECONDS, what=f"record the end of job {job_id}")
     logger.info("Job %s ended %s.", job_id, status)
     return {"job_id": str(job_id), "outcome": status}
+
+
+def _hand_back(db: Database, job_id: uuid.UUID, attempt_id: str, worker: str, fields: dict[str, Any]) -> None:
+    """Return the job to the queue and free its lease, so the next worker need not wait for it to lapse."""
+    step = fields["step"]
+    try:
+        retry_unavailable(lambda: attempts.hand_back(db, job_id, attempt_id, step=step, worker=worker,
+                                                     metrics=fields["metrics"]),
+                          give_up_after=HAND_BACK_RETRY_SECONDS, what=f"hand back job {job_id}")
+    except DatabaseUnavailable:
+        # The requeued message brings the job back once this attempt's lease lapses.
+        logger.warning("Job %s goes back to the queue without its hand-back recorded.", job_id)
+        return
+    logger.info("Job %s handed back at step %s by %s.", job_id, step, worker)
+
+
+@worker_shutting_down.connect
+def _hand_back_on_shutdown(how: str = "", **_: Any) -> None:
+    """On a warm shutdown, have every training of this worker checkpoint and hand its job back."""
+    # Celery's warm shutdown waits for running tasks, which for training can be hours. This runs in the main
+    # process only, and prefork children never see the worker's SIGTERM, so it is passed on to them.
+    if how != "Warm":
+        # A cold shutdown kills the children; their messages go back and their leases lapse.
+        return
+    _shutting_down.set()  # the solo pool trains in this very process
+    from billiard.process import active_children
+
+    for child in active_children():
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+@contextmanager
+def _sigterm_hands_back() -> Iterator[None]:
+    """While a worker child trains, SIGTERM asks for a hand-back instead of ending the child."""
+    from billiard.process import current_process
+
+    if threading.current_thread() is not threading.main_thread() or current_process().name == "MainProcess":
+        # Only a pool child's main thread may take SIGTERM over; the main process keeps Celery's handler.
+        yield
+        return
+    first: list[float] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        # No logging here: a signal can arrive while the logging lock is held.
+        now = time.monotonic()
+        if first and now - first[0] > REPEATED_SIGTERM_SECONDS:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        first[:1] = first[:1] or [now]
+        _shutting_down.set()
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        # The request was for this task only. Celery also sends SIGTERM to cancel a running task when the
+        # broker connection drops; a child that lives on must train its next job normally. In a real
+        # shutdown the main process takes no new task for it anyway.
+        _shutting_down.clear()
 
 
 def _published_earlier(job: dict[str, Any], settings: Settings) -> tuple[str, str, dict[str, Any]] | None:
@@ -169,6 +275,9 @@ def _train(db: Database, job: dict[str, Any], settings: Settings,
         return "completed", "Job completed.", {"metrics": result.metrics,
                                                "columns": {"adapter_path": str(result.adapter_dir)}}
     step = reporter.last_step
+    if result.status == "handed_back":
+        saved = reporter.last_checkpoint_step
+        return "handed_back", "", {"metrics": result.metrics, "step": saved if saved is not None else step}
     if result.status == "time_limit":
         saved = reporter.last_checkpoint_step
         where = f"; a checkpoint at step {saved} was saved" if saved is not None else ""
@@ -188,6 +297,7 @@ class JobReporter(ProgressReporter):
         self.publish = publish
         self.deadline = deadline
         self.last_step = 0
+        self.last_state: dict[str, Any] | None = None
         self.last_checkpoint_step: int | None = None
         self._last_write = 0.0
         self._last_cancel_check = 0.0
@@ -203,6 +313,7 @@ class JobReporter(ProgressReporter):
         self.last_step = progress.step
         state = {"step": progress.step, "total_steps": progress.total_steps, "epoch": round(progress.epoch, 4),
                  "percent": round(progress.percent, 2), "eta_seconds": progress.eta_seconds}
+        self.last_state = state
         metrics = {"train_loss": progress.loss, "trained_tokens": progress.trained_tokens,
                    "tokens_per_second": progress.tokens_per_second, "learning_rate": progress.learning_rate}
         if self.publish is not None:
@@ -241,6 +352,10 @@ class JobReporter(ProgressReporter):
         """True once this attempt has used up the job time limit."""
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def handing_back(self) -> bool:
+        """True once this worker shuts down: checkpoint, stop, and let another worker go on."""
+        return _shutting_down.is_set()
+
     def evaluated(self, step: int, metrics: dict[str, float | None]) -> None:
         """Store an evaluation's loss and perplexity with an event."""
         loss, ppl = metrics.get("eval_loss"), metrics.get("perplexity")
@@ -263,7 +378,9 @@ class JobReporter(ProgressReporter):
                               data={"checkpoint": checkpoint.to_dict()}, kind=TRAINING)
             return owned
 
-        self._write(write)
+        # The index row and event are what the API lists; wait a little for a database that blipped.
+        self._write(lambda: retry_unavailable(write, give_up_after=CHECKPOINT_RECORD_RETRY_SECONDS,
+                                              what=f"record a checkpoint of job {self.job_id}"))
 
     def note_resume(self, store: CheckpointStore) -> None:
         """Reconcile the checkpoint index with the disk and record where this attempt resumes."""

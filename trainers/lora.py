@@ -84,8 +84,8 @@ class TrainingRequest:
 class TrainingResult:
     """Outcome of a training job."""
 
-    status: Literal["completed", "cancelled", "time_limit"]
-    """Whether the run finished, the reporter cancelled it, or its time ran out after a checkpoint."""
+    status: Literal["completed", "cancelled", "time_limit", "handed_back"]
+    """Finished, cancelled, out of time or handed back by a worker shutting down (the last two after a checkpoint)."""
     adapter_dir: Path | None
     """Directory holding the adapter; None unless completed."""
     metrics: dict[str, Any]
@@ -285,8 +285,8 @@ def _train_and_publish(request: TrainingRequest, tokenizer: PreTrainedTokenizerB
         parent_before = loop.evaluate(trainer, data.parent_validation, "parent") if data.parent_validation else None
         output = loop.run(trainer, plan)
         metrics = _metrics(trainer, output, model, data, callback, plan, bits, request.trainer_type)
-        if callback.cancelled or callback.timed_out:
-            status = "cancelled" if callback.cancelled else "time_limit"
+        if callback.cancelled or callback.timed_out or callback.handed_back:
+            status = "cancelled" if callback.cancelled else "time_limit" if callback.timed_out else "handed_back"
             logger.info("Training stopped (%s) after %s steps, so no adapter was written.", status,
                         metrics["total_steps"])
             return TrainingResult(status, None, metrics)

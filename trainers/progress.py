@@ -57,6 +57,10 @@ class ProgressReporter:
         """Return True when the run must checkpoint and stop because its time is up."""
         return False
 
+    def handing_back(self) -> bool:
+        """Return True when the run must checkpoint and stop because its worker is shutting down."""
+        return False
+
     def evaluated(self, step: int, metrics: dict[str, float | None]) -> None:
         """Take note of an evaluation's eval_loss and perplexity."""
 
@@ -73,6 +77,7 @@ class ReporterCallback(TrainerCallback):
         self.store = store
         self.cancelled = False
         self.timed_out = False
+        self.handed_back = False
         self.stopped_early = False
         self.last_progress: TrainingProgress | None = None
         self.last_eval: dict[str, float | None] = {}
@@ -92,19 +97,29 @@ class ReporterCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Stop after this step on a cancel; checkpoint first and then stop when time is up."""
+        """Stop after this step on a cancel; checkpoint first and then stop when time is up or on hand-back."""
         if not self.cancelled and self.reporter.should_stop():
             logger.info("Training was cancelled at step %s of %s.", state.global_step, state.max_steps)
             self.cancelled = True
         if self.cancelled:
             control.should_training_stop = True
             control.should_save = False
-        elif not self.timed_out and state.global_step < state.max_steps and self.reporter.out_of_time():
+            return
+        if self.timed_out or self.handed_back or state.global_step >= state.max_steps:
+            # The last step ends the run anyway, and its adapter is worth more than a checkpoint.
+            return
+        if self.reporter.out_of_time():
             logger.info("Time is up at step %s of %s, so training saves a checkpoint and stops.",
                         state.global_step, state.max_steps)
             self.timed_out = True
-            control.should_training_stop = True
-            control.should_save = self.store is not None
+        elif self.reporter.handing_back():
+            logger.info("The worker is shutting down at step %s of %s, so training saves a checkpoint and stops.",
+                        state.global_step, state.max_steps)
+            self.handed_back = True
+        else:
+            return
+        control.should_training_stop = True
+        control.should_save = self.store is not None
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl,

@@ -40,7 +40,11 @@ def test_redis_down_gives_json_503(settings_overrides, db):
     client = create_app(down).test_client()
     ready = client.get("/ready")
     assert ready.status_code == 503 and {"redis", "workers"} <= set(ready.get_json()["error"]["details"]["down"])
-    token = client.post("/api/auth/login", json={"username": "tom", "password": "tom-password-long"}).get_json()
+    # Failed-login counters live in Redis: without them a login is refused rather than left unthrottled.
+    login = client.post("/api/auth/login", json={"username": "tom", "password": "tom-password-long"})
+    assert login.status_code == 503 and login.get_json()["error"]["code"] == "redis_unavailable"
+    token = create_app(settings_overrides).test_client().post(
+        "/api/auth/login", json={"username": "tom", "password": "tom-password-long"}).get_json()
     me = client.get("/api/auth/me", headers={"Authorization": f"Bearer {token['access_token']}"})
     assert me.status_code == 503 and me.get_json()["error"]["code"] == "redis_unavailable"
 

@@ -23,8 +23,8 @@ def test_concurrent_starts_apply_each_migration_once(database_url):
     db = Database(database_url)
     try:
         with db.transaction() as cur:
-            cur.execute("DROP TABLE training_checkpoints, job_events, training_jobs, dataset_events, dataset_jobs,"
-                        " users, schema_migrations")
+            cur.execute("DROP TABLE audit_log, training_checkpoints, job_events, training_jobs, dataset_events,"
+                        " dataset_jobs, users, schema_migrations")
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda _: migrations.apply(Database(database_url)), range(4)))
         applied = [versions for versions in results if versions]

@@ -1,0 +1,155 @@
+"""A training job's curves: /api/training/jobs/<id>/metrics as JSON and /api/training/jobs/<id>/loss.png.
+
+The series come from the job's progress events, which the workers write about every 5% of the steps and after
+each evaluation: they are samples of the run, not every optimizer step.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, current_app
+from flask_jwt_extended import current_user, jwt_required
+from flask_smorest import Blueprint
+
+from api.errors import ApiError, ErrorSchema
+from records import checkpoints, jobs
+from records.db import Database
+
+logger = logging.getLogger(__name__)
+
+blp = Blueprint("training_plots", __name__, url_prefix="/api/training/jobs",
+                description="Loss, learning rate and throughput of a training job, as data and as a plot.")
+
+PAGE = 500
+TITLE_CHARACTERS = 80
+
+
+class TrainPointSchema(ma.Schema):
+    """The training side of one sampled step."""
+
+    step = ma.fields.Integer()
+    loss = ma.fields.Float(allow_none=True)
+    learning_rate = ma.fields.Float(allow_none=True)
+    tokens_per_second = ma.fields.Float(allow_none=True)
+
+
+class EvalPointSchema(ma.Schema):
+    """One evaluation on the held-out data."""
+
+    step = ma.fields.Integer()
+    loss = ma.fields.Float(allow_none=True)
+    perplexity = ma.fields.Float(allow_none=True)
+
+
+class CheckpointMarkSchema(ma.Schema):
+    """Where a complete checkpoint was saved."""
+
+    step = ma.fields.Integer()
+    id = ma.fields.String()
+
+
+class JobMetricsSchema(ma.Schema):
+    """A training job's sampled curves and its checkpoints."""
+
+    object = ma.fields.Constant("training.job.metrics")
+    job_id = ma.fields.UUID()
+    train = ma.fields.List(ma.fields.Nested(TrainPointSchema))
+    eval = ma.fields.List(ma.fields.Nested(EvalPointSchema))
+    checkpoints = ma.fields.List(ma.fields.Nested(CheckpointMarkSchema))
+
+
+def _db() -> Database:
+    return current_app.extensions["clara_db"]
+
+
+def _load_visible(job_id: uuid.UUID) -> dict[str, Any]:
+    """The job if the caller may see it, as GET /api/training/jobs/<id> decides; 404 otherwise."""
+    owner = current_user["id"] if current_user["role"] == "trainer" else None
+    try:
+        return jobs.get_job(_db(), job_id, owner_id=owner)
+    except jobs.JobNotFound:
+        raise ApiError(404, f"No training job {job_id}.", "job_not_found") from None
+
+
+def job_metrics(db: Database, job_id: uuid.UUID) -> dict[str, Any]:
+    """The job's train and eval series, one point per step (a resumed run's later report wins), and checkpoints."""
+    train: dict[int, dict[str, Any]] = {}
+    evaluations: dict[int, dict[str, Any]] = {}
+    after = 0
+    while True:
+        rows, has_more = jobs.list_events(db, job_id, after=after, limit=PAGE)
+        for row in rows:
+            after = row["id"]
+            data = row["data"] or {}
+            if row["type"] != "progress":
+                continue
+            # JobReporter.evaluated writes eval_loss, perplexity and eval_step; JobReporter.report the rest.
+            if isinstance(data.get("eval_step"), int):
+                evaluations[data["eval_step"]] = {"step": data["eval_step"], "loss": data.get("eval_loss"),
+                                                  "perplexity": data.get("perplexity")}
+            elif isinstance(data.get("step"), int):
+                train[data["step"]] = {"step": data["step"], "loss": data.get("train_loss"),
+                                       "learning_rate": data.get("learning_rate"),
+                                       "tokens_per_second": data.get("tokens_per_second")}
+        if not has_more:
+            break
+    marks = [{"step": c["step"], "id": c["id"]} for c in checkpoints.list_checkpoints(db, job_id)]
+    return {"job_id": job_id, "train": [train[s] for s in sorted(train)],
+            "eval": [evaluations[s] for s in sorted(evaluations)], "checkpoints": marks}
+
+
+@blp.route("/<uuid:job_id>/metrics", methods=["GET"])
+@jwt_required()
+@blp.response(200, JobMetricsSchema)
+def metrics(job_id: uuid.UUID) -> dict[str, Any]:
+    """Train and eval loss, learning rate and tokens/s per sampled step, and the checkpoints' steps."""
+    _load_visible(job_id)
+    return job_metrics(_db(), job_id)
+
+
+@blp.route("/<uuid:job_id>/loss.png", methods=["GET"])
+@jwt_required()
+@blp.response(200, {"format": "binary", "type": "string"}, content_type="image/png")
+@blp.alt_response(409, schema=ErrorSchema, description="metrics_not_ready: the job has reported no loss yet.")
+def loss_png(job_id: uuid.UUID) -> Response:
+    """The train and eval loss curves as a PNG, with the checkpoints marked."""
+    job = _load_visible(job_id)
+    series = job_metrics(_db(), job_id)
+    if not any(p["loss"] is not None for p in series["train"] + series["eval"]):
+        raise ApiError(409, f"Job {job_id} has reported no loss yet; try again once it has trained a while.",
+                       "metrics_not_ready")
+    return Response(render_loss(job["job_name"], series), mimetype="image/png",
+                    headers={"Content-Disposition": f'inline; filename="loss-{job_id}.png"'})
+
+
+def render_loss(title: str, series: dict[str, Any]) -> bytes:
+    """Draw the loss curves with matplotlib's Agg canvas on a figure of its own, never pyplot's global state."""
+    # Imported here: matplotlib takes a while to load, and only this route needs it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for points, label, style in ((series["train"], "train loss", "-"), (series["eval"], "eval loss", "o--")):
+        points = [p for p in points if p["loss"] is not None]
+        if points:
+            axes.plot([p["step"] for p in points], [p["loss"] for p in points], style, label=label)
+    for index, mark in enumerate(series["checkpoints"]):
+        axes.axvline(mark["step"], color="grey", linestyle=":", linewidth=1,
+                     label="checkpoint" if index == 0 else None)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    # A $ in a job name would start matplotlib's math mode.
+    short = title if len(title) <= TITLE_CHARACTERS else title[:TITLE_CHARACTERS - 1] + "…"
+    axes.set_title(short.replace("$", r"\$"))
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,0 +1,1 @@
+"""The `clara` command line: talks to the Clara API over HTTP only."""
