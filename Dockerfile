@@ -42,7 +42,8 @@ COPY records/ ./records/
 COPY tasks/ ./tasks/
 COPY trainers/ ./trainers/
 COPY dataset_builder/ ./dataset_builder/
-COPY settings.py celeryconfig.py ./
+COPY cli/ ./cli/
+COPY settings.py celeryconfig.py structured_logs.py ./
 ENV PYTHONPATH=/app
 
 USER clara

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structured_logs
+from structured_logs import LOG_FORMATS
+
 ENVIRONMENTS = ("development", "production", "testing")
 # A default that is published in the source code is no secret: production refuses it.
 DEVELOPMENT_SECRET = "clara-development-secret-do-not-use-in-production"
@@ -88,6 +91,8 @@ class Settings:
     """Seconds /ready waits for workers to answer."""
     log_level: str = "INFO"
     """Level of Clara's logs."""
+    log_format: str = "text"
+    """text, or json for one JSON object per line; either way lines about a job carry its id and user."""
     datasets_dir: Path = Path("var/datasets")
     """Built and uploaded datasets, one directory per dataset. Shared storage across hosts."""
     max_upload_bytes: int = 512 * 1024**2
@@ -141,6 +146,8 @@ class Settings:
         problems = []
         if self.env not in ENVIRONMENTS:
             problems.append(f"CLARA_ENV must be one of {', '.join(ENVIRONMENTS)}, not {self.env!r}")
+        if self.log_format not in LOG_FORMATS:
+            problems.append(f"CLARA_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.is_production:
             if not self.secret_key or self.secret_key == DEVELOPMENT_SECRET:
                 problems.append("CLARA_SECRET_KEY must be set to a secret of your own in production")
@@ -240,8 +247,8 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
 
 
 def configure_logging(settings: Settings) -> None:
-    """Send Clara's logs to standard error at the configured level, once per process."""
+    """Send Clara's logs to standard error at the configured level and format, once per process."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(settings.log_level)
+        root.addHandler(structured_logs.handler(settings.log_format))
+    root.setLevel(settings.log_level)

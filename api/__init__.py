@@ -9,6 +9,7 @@ from typing import Any
 import redis
 from flask import Flask, Response, current_app, request
 
+import structured_logs
 from api import audit, datasets, docs, health, plots, prometheus, sessions, streams, training, users
 from api.errors import ApiError, ClaraApi, register_error_handlers
 from auth.tokens import configure_jwt
@@ -21,7 +22,9 @@ from tasks import make_celery
 logger = logging.getLogger(__name__)
 
 _BODY_METHODS = ("POST", "PUT", "PATCH")
-_NO_DATABASE_PATHS = ("/health", "/ready", "/api/openapi.json")
+# These answer without the schema: the docs, liveness, and /metrics, which reports PostgreSQL as down itself.
+_NO_DATABASE_PATHS = ("/health", "/ready", "/api/openapi.json", "/metrics")
+_NO_DATABASE_PREFIX = "/api/docs"
 UPLOAD_PATH = "/api/datasets/upload"
 # Every response is JSON or a download: nothing may run, be framed or leak where it came from.
 SECURITY_HEADERS = {
@@ -124,14 +127,18 @@ def _prepare_database(app: Flask) -> bool:
 
 
 def _before_request() -> None:
-    """Require JSON bodies, and finish database set-up once PostgreSQL is back."""
+    """Tag log lines with the job, require JSON bodies, and finish database set-up once PostgreSQL is back."""
+    structured_logs.clear()
+    view_args = request.view_args or {}
+    structured_logs.set_job(view_args.get("job_id") or view_args.get("dataset_id"))
     if request.path == UPLOAD_PATH:
         # Only this route takes files, and larger bodies than any JSON request.
         request.max_content_length = current_app.extensions["clara_settings"].max_upload_bytes
     elif request.method in _BODY_METHODS and request.content_length and not request.is_json:
         raise ApiError(415, "The request body must be JSON (Content-Type: application/json).",
                        "unsupported_media_type")
-    if not current_app.extensions["clara_schema_ready"] and request.path not in _NO_DATABASE_PATHS:
+    needs_database = request.path not in _NO_DATABASE_PATHS and not request.path.startswith(_NO_DATABASE_PREFIX)
+    if not current_app.extensions["clara_schema_ready"] and needs_database:
         if not _prepare_database(current_app):
             raise DatabaseUnavailable("PostgreSQL is unavailable")
         current_app.extensions["clara_schema_ready"] = True

@@ -103,7 +103,7 @@ def create(body: dict) -> dict:
             audit_entry=_entry("dataset.build", name=body["name"]))
     except jobs.QuotaExceeded as exc:
         raise quota_error("dataset builds", "max_active_datasets_per_user", exc) from None
-    enqueue(BUILD_TASK, dataset["id"], DATASETS)
+    enqueue(BUILD_TASK, dataset["id"], DATASETS, name=dataset["name"])
     logger.info("User %s started building dataset %s.", current_user["username"], dataset["id"])
     return datasets.get_dataset(_db(), dataset["id"])
 

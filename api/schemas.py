@@ -164,10 +164,12 @@ class JobCreateSchema(InputSchema):
                                          "example": "tiny-llama"})
     parent_job_id = fields.UUID(metadata={"description": "continuous only: the completed job whose adapter "
                                                          "training continues."})
-    dataset_path = fields.String(validate=validate.Length(min=1, max=1000),
+    # null is the same as leaving the field out, so a preset naming one can be switched to the other.
+    dataset_path = fields.String(allow_none=True, validate=validate.Length(min=1, max=1000),
                                  metadata={"description": "A JSONL file under CLARA_DATA_DIR (or give dataset_id).",
                                            "example": "demo-train.jsonl"})
-    dataset_id = fields.UUID(metadata={"description": "A completed dataset; its train split is trained on."})
+    dataset_id = fields.UUID(allow_none=True,
+                             metadata={"description": "A completed dataset; its train split is trained on."})
     hyperparameters = fields.Nested(HyperparametersSchema, load_default=dict)
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=200)), load_default=dict,
                            validate=_metadata_size)

@@ -123,7 +123,7 @@ def submit(body: dict) -> dict:
         )
     except jobs.QuotaExceeded as exc:
         raise quota_error("training jobs", "max_active_jobs_per_user", exc) from None
-    enqueue(TRAIN_TASK, job["id"], jobs.TRAINING)
+    enqueue(TRAIN_TASK, job["id"], jobs.TRAINING, name=job["job_name"])
     logger.info("User %s submitted training job %s.", current_user["username"], job["id"])
     return jobs.get_job(_db(), job["id"])
 

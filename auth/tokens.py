@@ -21,6 +21,7 @@ from flask_jwt_extended import (
     verify_jwt_in_request,
 )
 
+import structured_logs
 from api.errors import ApiError, error_response
 from auth.users import get_user
 from settings import Settings
@@ -56,6 +57,8 @@ def configure_jwt(app: Flask, settings: Settings) -> JWTManager:
     @jwt.user_lookup_loader
     def _load_user(_header: dict, payload: dict) -> dict[str, Any] | None:
         user = get_user(current_app.extensions["clara_db"], int(payload["sub"]))
+        if user:
+            structured_logs.set_user(user["username"])
         return user if user and not user["disabled"] else None
 
     @jwt.unauthorized_loader

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import shared_task
 
+import structured_logs
 from records import attempts
 from records.datasets import storage_of
 from records.db import Database, DatabaseUnavailable
@@ -40,7 +41,9 @@ def build_dataset_job(self, dataset_id: str) -> dict[str, Any]:
         except Exception as exc:  # redis-py and kombu raise several types for a backend that is down.
             logger.warning("Could not publish progress of dataset job %s: %s", dataset_id, exc)
 
-    summary = run_dataset_job(database(settings), settings, uuid.UUID(dataset_id), worker=worker, publish=publish)
+    with structured_logs.about_job(dataset_id):
+        summary = run_dataset_job(database(settings), settings, uuid.UUID(dataset_id), worker=worker,
+                                  publish=publish)
     if summary["outcome"] == Claim.LEASED.value:
         raise self.retry(countdown=summary["retry_in"])
     return summary
@@ -73,6 +76,7 @@ def run_dataset_job(db: Database, settings: Settings, dataset_id: uuid.UUID, *, 
     if claim.outcome is not Claim.CLAIMED:
         logger.info("Delivery of dataset job %s not run: %s.", dataset_id, claim.outcome.value)
         return {"job_id": str(dataset_id), "outcome": claim.outcome.value}
+    structured_logs.set_user(f"user:{claim.job['owner_id']}")
     lost = threading.Event()
     lease = LeaseKeeper(db, dataset_id, attempt_id, settings.lease_seconds, on_lost=lost.set, kind=DATASETS)
     watcher = _Watcher(db, dataset_id, attempt_id, lost, publish)

@@ -19,6 +19,7 @@ from celery import shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_shutting_down
 
+import structured_logs
 from records import attempts, checkpoints
 from records.db import Database, DatabaseUnavailable, retry_unavailable
 from records.jobs import TRAINING, Claim, JobNotFound, add_event, get_job
@@ -84,7 +85,7 @@ def train_job(self, job_id: str) -> dict[str, Any]:
             logger.warning("Could not publish progress of job %s to the result backend: %s", job_id, exc)
 
     try:
-        with _sigterm_hands_back():
+        with _sigterm_hands_back(), structured_logs.about_job(job_id):
             summary = run_training_job(database(settings), settings, uuid.UUID(job_id), worker=worker,
                                        publish=publish)
     except DatabaseUnavailable as exc:
@@ -116,6 +117,7 @@ def run_training_job(db: Database, settings: Settings, job_id: uuid.UUID, *, wor
         logger.info("Delivery of job %s not run: %s.", job_id, claim.outcome.value)
         return {"job_id": str(job_id), "outcome": claim.outcome.value}
     job = claim.job
+    structured_logs.set_user(f"user:{job['owner_id']}")
     logger.info("Attempt %s of job %s started on %s.", job["attempts"], job_id, worker)
     reporter = JobReporter(db, job_id, attempt_id, publish, deadline=time.monotonic() + settings.job_time_limit)
     lease = LeaseKeeper(db, job_id, attempt_id, settings.lease_seconds, on_lost=reporter.lose_lease)

@@ -43,6 +43,8 @@ def test_message_on_the_broker_names_the_job(client, trainer, redis_url):
     message = json.loads(redis.Redis.from_url(redis_url).lindex("gpu", 0))
     assert message["headers"]["task"] == "clara.train_job"
     assert message["headers"]["id"] == job["id"]
+    # Flower shows these arguments: the job's id and name rather than an opaque blob.
+    assert message["headers"]["argsrepr"] == f"({job['id']!r},) faq"
 
 
 def test_empty_hyperparameters_get_every_default(client, trainer):
