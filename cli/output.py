@@ -80,7 +80,8 @@ def progress_line(job: dict[str, Any]) -> str:
     parts = [f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}]", f"{percent:5.1f}%"]
     total = progress.get("total_steps")
     parts.append(f"step {progress.get('step') or 0}/{total if total else '?'}")
-    loss = metrics.get("train_loss")
+    # A finished job's train_loss is the mean over the run; the bar shows the latest step's loss throughout.
+    loss = metrics.get("last_loss", metrics.get("train_loss"))
     parts.append(f"loss {loss:.4f}" if isinstance(loss, int | float) else "loss -")
     speed = metrics.get("tokens_per_second")
     parts.append(f"{speed:,.0f} tok/s" if isinstance(speed, int | float) else "- tok/s")

@@ -115,7 +115,9 @@ def progress_line(job: dict) -> str:
     progress, metrics = job["progress"], job["metrics"]
     percent = progress.get("percent") or 0
     bar = "#" * int(percent // 5) + "." * (20 - int(percent // 5))
-    loss = f"{metrics['train_loss']:.3f}" if metrics.get("train_loss") is not None else "-"
+    # A finished job's train_loss is the mean over the run; the bar shows the latest step's loss throughout.
+    latest = metrics.get("last_loss", metrics.get("train_loss"))
+    loss = f"{latest:.3f}" if latest is not None else "-"
     speed = f"{metrics['tokens_per_second']:.0f} tok/s" if metrics.get("tokens_per_second") else "- tok/s"
     eta = f"{progress['eta_seconds']:.0f}s" if progress.get("eta_seconds") is not None else "-"
     return (f"[{bar}] {percent:5.1f}%  step {progress.get('step', 0)}/{progress.get('total_steps') or '?'}"
