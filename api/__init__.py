@@ -76,6 +76,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
 
     app.extensions["clara_schema_ready"] = _prepare_database(app)
     app.before_request(_before_request)
+    # A request's job and user must not tag what the thread logs after it.
+    app.teardown_request(lambda _error: structured_logs.clear())
     app.after_request(_security_headers)
     app.after_request(_cors_headers)
     return app

@@ -20,7 +20,7 @@ from cli.output import (
     progress_line,
     status_text,
 )
-from cli.watch import follow, outcome_message, poll_snapshots
+from cli.watch import follow, outcome_message, stream_snapshots
 
 JOBS = "/api/training/jobs"
 EVENTS_PAGE = 1000
@@ -118,7 +118,7 @@ def show(client: Client, job_id: uuid.UUID, as_json: bool) -> None:
 def watch_until_done(client: Client, job_id: str, interval: float = 1.0) -> None:
     """Draw the job's progress until it ends; exit 0 only if it completed."""
     try:
-        job = follow(poll_snapshots(client, job_id, interval))
+        job = follow(stream_snapshots(client, job_id, interval))
     except KeyboardInterrupt:
         click.echo(f"Stopped watching; job {job_id} goes on.", err=True)
         sys.exit(130)

@@ -2,20 +2,78 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
 
-from cli.client import Client
+from cli.client import ApiError, Client
 from cli.output import progress_line
 
-# A source yields snapshots of a job (the body of GET /api/training/jobs/<id>) until one is terminal.
-# Polling is the only source today; a server-sent-events source (GET .../events/stream) can take its
-# place with the same signature.
+# A source yields snapshots of a job (the body of GET /api/training/jobs/<id>) until one is terminal:
+# the job's event stream (Server-Sent Events) when the server has one, else polling.
 SnapshotSource = Callable[[Client, str], Iterator[dict[str, Any]]]
+STREAM_RECONNECTS = 100
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Turn Server-Sent Events lines into {"id", "event", "data"} dicts; comments (keep-alives) are skipped."""
+    event: dict[str, Any] = {}
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                event["data"] = json.loads("\n".join(data))
+                yield event
+            event, data = {}, []
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field in ("id", "event"):
+            event[field] = value
+
+
+def _apply(job: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """The job as a progress event leaves it: its step and metrics merged into the last snapshot."""
+    data = (event.get("data") or {}).get("data") or {}
+    progress = {key: data[key] for key in ("step", "total_steps", "epoch", "percent", "eta_seconds") if key in data}
+    metrics = {key: value for key, value in data.items() if key not in progress}
+    return {**job, "progress": {**job.get("progress", {}), **progress},
+            "metrics": {**job.get("metrics", {}), **metrics}}
+
+
+def stream_snapshots(client: Client, job_id: str, interval: float = 1.0) -> Iterator[dict[str, Any]]:
+    """Yield the job as its event stream reports progress; fall back to polling if the server has no stream."""
+    path = f"/api/training/jobs/{job_id}"
+    job = client.get(path)
+    yield job
+    last_id: str | None = None
+    for _ in range(STREAM_RECONNECTS):
+        if job.get("is_terminal"):
+            return
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            response = client.request("GET", f"{path}/events/stream", stream=True, headers=headers)
+        except ApiError as error:
+            if error.status != 404 or error.code == "job_not_found":
+                raise
+            yield from poll_snapshots(client, job_id, interval)  # an older server without streams
+            return
+        with response:
+            for event in parse_events(response.iter_lines(decode_unicode=True)):
+                last_id = event.get("id", last_id)
+                # Status changes carry little; the job itself says what the new status means.
+                job = _apply(job, event) if event.get("event") == "progress" else client.get(path)
+                yield job
+        # The server closes a stream when the job ends or the stream reaches its time limit.
+        job = client.get(path)
+        yield job
+    yield from poll_snapshots(client, job_id, interval)
 
 
 def poll_snapshots(client: Client, job_id: str, interval: float = 1.0,

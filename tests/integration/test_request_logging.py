@@ -27,3 +27,10 @@ def test_cancel_is_logged_with_job_and_user(client, trainer):
     cancelled = [entry for entry in entries if "cancelled training job" in entry["message"]]
     assert cancelled, entries
     assert cancelled[0]["job_id"] == job["id"] and cancelled[0]["user"] == "trainer-user"
+
+
+def test_a_request_leaves_no_user_behind(client, trainer):
+    client.get("/api/training/jobs", headers=trainer)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "after the request", None, None)
+    structured_logs.ContextFilter().filter(record)
+    assert record.user is None and record.job_id is None

@@ -35,6 +35,7 @@ def capture():
 
 
 def test_json_lines_name_the_job_and_user(capture):
+    structured_logs.clear()
     logger, buffer = capture("json")
     with structured_logs.about_job("7f3c", user="m.weber"):
         logger.info("Step %s of %s.", 3, 10)
@@ -58,6 +59,7 @@ def test_exceptions_stay_inside_one_json_line(capture):
 
 
 def test_text_lines_show_the_context_only_when_there_is_one(capture):
+    structured_logs.clear()
     logger, buffer = capture("text")
     with structured_logs.about_job("job-1"):
         structured_logs.set_user("user:4")
