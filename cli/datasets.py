@@ -11,7 +11,15 @@ import click
 
 from cli.client import ClaraError, Client, pass_client
 from cli.config_files import apply_overrides, load_spec
-from cli.output import json_option, output_path, print_fields, print_json, print_table, status_text
+from cli.output import (
+    json_option,
+    output_path,
+    page_options,
+    print_fields,
+    print_json,
+    print_page,
+    status_text,
+)
 
 DATASETS = "/api/datasets"
 FORMATS = ("jsonl", "parquet", "csv")
@@ -81,20 +89,13 @@ def upload(client: Client, file: Path, name: str | None, description: str, file_
 
 
 @datasets.command("list")
-@click.option("--status", type=click.Choice(["pending", "queued", "running", "completed", "failed", "cancelled"]))
-@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
-@click.option("--after", metavar="ID", help="The last id of the previous page.")
+@page_options
 @json_option
 @pass_client
 def list_datasets(client: Client, status: str | None, limit: int, after: str | None, as_json: bool) -> None:
     """List datasets, newest first."""
     page = client.get(DATASETS, {"status": status, "limit": limit, "after": after})
-    if as_json:
-        print_json(page)
-        return
-    print_table(page["data"], DATASET_COLUMNS, empty="No datasets.")
-    if page["has_more"]:
-        click.echo(f"More: clara datasets list --after {page['data'][-1]['id']}")
+    print_page(page, DATASET_COLUMNS, as_json, "datasets", "clara datasets list")
 
 
 @datasets.command()

@@ -14,8 +14,10 @@ from cli.config_files import apply_overrides, load_spec
 from cli.output import (
     json_option,
     output_path,
+    page_options,
     print_fields,
     print_json,
+    print_page,
     print_table,
     progress_line,
     status_text,
@@ -86,20 +88,13 @@ def submit(client: Client, config: Path, assignments: tuple[str, ...], then_watc
 
 
 @jobs.command("list")
-@click.option("--status", type=click.Choice(["pending", "queued", "running", "completed", "failed", "cancelled"]))
-@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
-@click.option("--after", metavar="ID", help="The last id of the previous page.")
+@page_options
 @json_option
 @pass_client
 def list_jobs(client: Client, status: str | None, limit: int, after: str | None, as_json: bool) -> None:
     """List jobs, newest first."""
     page = client.get(JOBS, {"status": status, "limit": limit, "after": after})
-    if as_json:
-        print_json(page)
-        return
-    print_table(page["data"], JOB_COLUMNS, empty="No jobs.")
-    if page["has_more"]:
-        click.echo(f"More: clara jobs list --after {page['data'][-1]['id']}")
+    print_page(page, JOB_COLUMNS, as_json, "jobs", "clara jobs list")
 
 
 @jobs.command()

@@ -93,6 +93,24 @@ def progress_line(job: dict[str, Any]) -> str:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer, for scripts.")
+STATUSES = ("pending", "queued", "running", "completed", "failed", "cancelled")
+
+
+def page_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every list command: a status filter, the page size and the cursor."""
+    command = click.option("--after", metavar="ID", help="The last id of the previous page.")(command)
+    command = click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)(command)
+    return click.option("--status", type=click.Choice(STATUSES))(command)
+
+
+def print_page(page: dict[str, Any], columns: Sequence[Column], as_json: bool, noun: str, command: str) -> None:
+    """A page of a list: JSON, or a table and how to get the next page."""
+    if as_json:
+        print_json(page)
+        return
+    print_table(page["data"], columns, empty=f"No {noun}.")
+    if page["has_more"]:
+        click.echo(f"More: {command} --after {page['data'][-1]['id']}")
 
 
 def output_path(given: Path | None, default_name: str, force: bool) -> Path:

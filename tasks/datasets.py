@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -19,6 +17,7 @@ from records.datasets import storage_of
 from records.db import Database, DatabaseUnavailable
 from records.jobs import DATASETS, Claim
 from settings import Settings
+from tasks.delivery import progress_publisher, worker_name
 from tasks.leases import LeaseKeeper
 from tasks.training import LEASE_GRACE_SECONDS, database
 
@@ -32,18 +31,9 @@ CANCEL_CHECK_SECONDS = 1.0
 def build_dataset_job(self, dataset_id: str) -> dict[str, Any]:
     """Build the dataset with this id; its row, not this task's result, is the record."""
     settings: Settings = self.app.clara_settings
-    worker = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}"
-
-    def publish(meta: dict[str, Any]) -> None:
-        # Only Flower reads this; a Redis outage must not end the build.
-        try:
-            self.update_state(state="PROGRESS", meta=meta)
-        except Exception as exc:  # redis-py and kombu raise several types for a backend that is down.
-            logger.warning("Could not publish progress of dataset job %s: %s", dataset_id, exc)
-
     with structured_logs.about_job(dataset_id):
-        summary = run_dataset_job(database(settings), settings, uuid.UUID(dataset_id), worker=worker,
-                                  publish=publish)
+        summary = run_dataset_job(database(settings), settings, uuid.UUID(dataset_id), worker=worker_name(self),
+                                  publish=progress_publisher(self, dataset_id))
     if summary["outcome"] == Claim.LEASED.value:
         raise self.retry(countdown=summary["retry_in"])
     return summary

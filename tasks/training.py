@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ from records import attempts, checkpoints
 from records.db import Database, DatabaseUnavailable, retry_unavailable
 from records.jobs import TRAINING, Claim, JobNotFound, add_event, get_job
 from settings import Settings
+from tasks.delivery import progress_publisher, worker_name
 from tasks.leases import LeaseKeeper
 from trainers.checkpoints import Checkpoint, CheckpointStore
 from trainers.config import LoraHyperparameters, TrainingConfigError
@@ -75,14 +75,8 @@ def reset_database() -> None:
 def train_job(self, job_id: str) -> dict[str, Any]:
     """Train the job with this id; the job row, not this task's result, is the record."""
     settings: Settings = self.app.clara_settings
-    worker = f"{self.request.hostname or socket.gethostname()}/{os.getpid()}"
-
-    def publish(meta: dict[str, Any]) -> None:
-        # Flower and AsyncResult show this; PostgreSQL remains the truth, so a Redis outage must not end training.
-        try:
-            self.update_state(state="PROGRESS", meta=meta)
-        except Exception as exc:  # redis-py and kombu raise several types for a backend that is down.
-            logger.warning("Could not publish progress of job %s to the result backend: %s", job_id, exc)
+    worker = worker_name(self)
+    publish = progress_publisher(self, job_id)
 
     try:
         with _sigterm_hands_back(), structured_logs.about_job(job_id):
