@@ -83,10 +83,41 @@ def empty_database_url() -> Iterator[str]:
         yield url
 
 
+REDIS_TEST_DBS = range(1, 16)
+"""Redis databases a test run may claim; db 0 holds the claims."""
+REDIS_CLAIM_SECONDS = 6 * 3600
+
+
+@contextmanager
+def claimed_redis_db() -> Iterator[int]:
+    """Claim a Redis database number for this test run alone, so two runs on one machine never share one."""
+    claims = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+    owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    for number in REDIS_TEST_DBS:
+        # NX makes the claim atomic; the expiry frees the number if a run dies without releasing it.
+        if claims.set(f"clara:test-redis-db:{number}", owner, nx=True, ex=REDIS_CLAIM_SECONDS):
+            break
+    else:
+        pytest.exit("Every Redis test database (1-15) is claimed by other test runs; wait for one to end.", 2)
+    try:
+        yield number
+    finally:
+        if claims.get(f"clara:test-redis-db:{number}") == owner.encode():
+            claims.delete(f"clara:test-redis-db:{number}")
+        claims.close()
+
+
+@pytest.fixture(scope="session")
+def redis_db_number() -> Iterator[int]:
+    """The Redis database number of this test run."""
+    with claimed_redis_db() as number:
+        yield number
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def redis_url(redis_db_number: int) -> Iterator[str]:
     """A Redis database of this test's own, empty before and after."""
-    url = f"{REDIS_BASE_URL}/15"
+    url = f"{REDIS_BASE_URL}/{redis_db_number}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

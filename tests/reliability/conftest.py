@@ -2,7 +2,7 @@
 
 The shared Redis and PostgreSQL serve other engineers' tests at the same time, so nothing here stops or
 restarts them: a test that restarts PostgreSQL gets a private cluster, and the workers of these tests
-consume a Redis database no other suite uses.
+consume a Redis database of their own, claimed like every test run's (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import pytest
 import redis
 import requests
 
+from tests.conftest import REDIS_BASE_URL, claimed_redis_db
+
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "reliability-admin-password"
 START_TIMEOUT = 180
-# Another database number than the other suites': their workers also consume a queue named "gpu".
-REDIS_DB = int(os.environ.get("CLARA_TEST_RELIABILITY_REDIS_DB", "12"))
 PG_BIN = Path(os.environ.get("CLARA_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 # Short leases so that a killed attempt's job is free again within seconds.
 LEASE_SECONDS = 10
@@ -52,10 +52,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def reliability_redis_db() -> Iterator[int]:
+    """A Redis database number of this suite's own: the other suites' workers also consume a queue named "gpu"."""
+    with claimed_redis_db() as number:
+        yield number
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
+def redis_url(reliability_redis_db: int) -> Iterator[str]:
     """A Redis database of this suite's own, empty before and after."""
-    url = f"{os.environ.get('CLARA_TEST_REDIS_URL', 'redis://127.0.0.1:6379')}/{REDIS_DB}"
+    url = f"{REDIS_BASE_URL}/{reliability_redis_db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
