@@ -97,7 +97,7 @@ class LoraHyperparameters:
     eval_steps: int | None = None
     """Optimizer steps between evaluations; None: about every tenth of the run."""
     early_stopping_patience: int | None = None
-    """Stop after this many evaluations without a lower eval_loss; None never stops early."""
+    """Stop after this many evaluations without a lower eval_loss, keeping the best one's weights; None never stops."""
     replay_fraction: float = 0.0
     """continuous only: share of the parent job's training records mixed into the new data."""
 

@@ -290,6 +290,8 @@ def _train_and_publish(request: TrainingRequest, tokenizer: PreTrainedTokenizerB
             logger.info("Training stopped (%s) after %s steps, so no adapter was written.", status,
                         metrics["total_steps"])
             return TrainingResult(status, None, metrics)
+        if callback.restore_best(model):
+            metrics.update(callback.best_eval, best_step=callback.best_step)
         _final_evaluations(trainer, data, callback, metrics, parent_before)
     if request.parent is not None:
         metrics.update(adapter_settings(request.parent.adapter_dir))
@@ -309,7 +311,9 @@ def _final_evaluations(trainer: loop.ClaraTrainer, data: TrainingData, callback:
             for entry in trainer.state.log_history)
         if not evaluated_last_step:
             trainer.evaluate()
-        metrics.update(callback.last_eval)
+        # After an early stop the published weights are the best evaluation's, already in metrics.
+        if not callback.stopped_early:
+            metrics.update(callback.last_eval)
     if parent_before is not None and data.parent_validation is not None:
         after = loop.evaluate(trainer, data.parent_validation, "parent")
         metrics["parent_eval_loss_before"] = parent_before["loss"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainers.checkpoints import Checkpoint, CheckpointStore
@@ -82,6 +83,9 @@ class ReporterCallback(TrainerCallback):
         self.last_progress: TrainingProgress | None = None
         self.last_eval: dict[str, float | None] = {}
         self.early_stopping = EarlyStopping(early_stopping_patience)
+        self.best_step: int | None = None
+        self.best_eval: dict[str, float | None] = {}
+        self._best_weights: dict[str, torch.Tensor] | None = None
         self._started_at: float | None = None
         self._first_step = 0
         self.tokens_at_start = 0
@@ -132,11 +136,37 @@ class ReporterCallback(TrainerCallback):
         self.last_eval = {"eval_loss": loss, "perplexity": perplexity(loss)}
         logger.info("Evaluation at step %s: eval loss %.4f.", state.global_step, loss)
         self.reporter.evaluated(state.global_step, dict(self.last_eval))
-        if self.early_stopping.update(loss) and not self.stopped_early:
+        stop = self.early_stopping.update(loss)
+        if self.early_stopping.patience is not None and self.early_stopping.bad_evaluations == 0:
+            self._remember_best(state.global_step, kwargs.get("model"))
+        if stop and not self.stopped_early:
             logger.info("Eval loss has not improved for %s evaluations, so training stops early at step %s.",
                         self.early_stopping.patience, state.global_step)
             self.stopped_early = True
             control.should_training_stop = True
+
+    def _remember_best(self, step: int, model: torch.nn.Module | None) -> None:
+        """Copy the trainable weights of the best evaluation so far, for restoring after an early stop."""
+        self.best_step = step
+        self.best_eval = dict(self.last_eval)
+        if model is None:
+            return
+        # Only the adapter trains, so the copy is megabytes even for a large base model.
+        with torch.no_grad():
+            self._best_weights = {name: parameter.detach().clone() for name, parameter in model.named_parameters()
+                                  if parameter.requires_grad}
+
+    def restore_best(self, model: torch.nn.Module) -> bool:
+        """Put back the weights of the best evaluation after an early stop; False when there is nothing to restore."""
+        if not self.stopped_early or self._best_weights is None:
+            return False
+        parameters = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, weights in self._best_weights.items():
+                parameters[name].copy_(weights)
+        logger.info("Training stopped early, so the adapter gets the weights of step %s, whose eval loss %.4f was "
+                    "the lowest.", self.best_step, self.best_eval["eval_loss"])
+        return True
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -10,6 +10,7 @@ from typing import Any
 import bitsandbytes as bnb
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from trainers.config import LoraHyperparameters, TrainingConfigError
@@ -161,3 +162,54 @@ def test_early_stopping_counts_evaluations_without_improvement(
             stopped = number
     assert stopped == stops_at
     assert callback.stopped_early is (stops_at is not None)
+
+
+def test_early_stopping_restores_the_best_evaluations_weights(tmp_path: Path,
+                                                              reporter_factory: Callable[..., Any]) -> None:
+    model = torch.nn.Linear(2, 2)
+    model.bias.requires_grad_(False)
+    callback = ReporterCallback(reporter_factory(), early_stopping_patience=1)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    state, control = TrainerState(max_steps=100), TrainerControl()
+    for step, (loss, weight) in enumerate([(3.0, 1.0), (2.0, 2.0), (2.5, 3.0)], start=1):
+        with torch.no_grad():
+            model.weight.fill_(weight)
+            model.bias.fill_(weight)
+        state.global_step = step
+        callback.on_evaluate(args, state, control, metrics={"eval_loss": loss}, model=model)
+    assert callback.stopped_early and callback.best_step == 2 and callback.best_eval["eval_loss"] == 2.0
+    assert callback.restore_best(model)
+    assert torch.all(model.weight == 2.0)
+    # Frozen weights were never copied, so they stay as they are.
+    assert torch.all(model.bias == 3.0)
+
+
+def test_restore_best_does_nothing_without_an_early_stop(tmp_path: Path,
+                                                          reporter_factory: Callable[..., Any]) -> None:
+    model = torch.nn.Linear(2, 2)
+    callback = ReporterCallback(reporter_factory(), early_stopping_patience=3)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    callback.on_evaluate(args, TrainerState(global_step=1), TrainerControl(), metrics={"eval_loss": 1.0}, model=model)
+    assert not callback.restore_best(model)
+
+
+def test_an_early_stopped_run_publishes_its_best_checkpoints_adapter(
+    tmp_path: Path, plain_model_dir: Path, demo_dataset: Path, reporter_factory: Callable[..., Any],
+) -> None:
+    reporter = reporter_factory()
+    # A learning rate this high makes the held-out loss climb after the first steps, so patience runs out.
+    _, result = run(tmp_path, plain_model_dir, demo_dataset, reporter, max_steps=40, learning_rate=0.5,
+                    validation_split=0.2, eval_steps=2, save_steps=2, save_total_limit=40,
+                    early_stopping_patience=2)
+    metrics = result.metrics
+    evaluations = dict(reporter.evaluations)
+    best_step = min(evaluations, key=lambda step: evaluations[step]["eval_loss"])
+    assert result.status == "completed" and metrics["stopped_early"]
+    assert metrics["best_step"] == best_step < metrics["total_steps"]
+    assert metrics["eval_loss"] == evaluations[best_step]["eval_loss"]
+    published = load_file(result.adapter_dir / "adapter_model.safetensors")
+    best = load_file(tmp_path / "checkpoints" / f"checkpoint-{best_step}" / "adapter_model.safetensors")
+    last = load_file(tmp_path / "checkpoints" / f"checkpoint-{metrics['total_steps']}" / "adapter_model.safetensors")
+    assert published.keys() == best.keys()
+    assert all(torch.equal(published[name], best[name]) for name in published)
+    assert not all(torch.equal(published[name], last[name]) for name in published)
