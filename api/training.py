@@ -28,6 +28,7 @@ from api.schemas import (
 from auth.tokens import roles_required
 from records import audit, checkpoints, datasets, jobs
 from settings import Settings
+from trainers.continuous import adapter_settings
 from trainers.record_format import dataset_problems
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ def submit(body: dict) -> dict:
     base_model = body.get("base_model")
     if body.get("parent_job_id") is not None:
         try:
-            base_model = _parent_base_model(body["parent_job_id"], body.get("base_model"))
+            parent = _parent_job(body["parent_job_id"], body.get("base_model"))
+            base_model = parent["base_model"]
+            problems.update(_adapter_conflicts(Path(parent["adapter_path"]), body["hyperparameters"]))
         except PathRejected as exc:
             problems["parent_job_id"] = [str(exc)]
     elif base_model is not None:
@@ -128,8 +131,8 @@ def submit(body: dict) -> dict:
     return jobs.get_job(_db(), job["id"])
 
 
-def _parent_base_model(parent_job_id: uuid.UUID, base_model: str | None) -> str:
-    """The base model of the job a continuous job continues: the caller's own completed job, or any for admins."""
+def _parent_job(parent_job_id: uuid.UUID, base_model: str | None) -> dict:
+    """The job a continuous job continues: the caller's own completed job, or any for admins."""
     owner = current_user["id"] if current_user["role"] != "admin" else None
     try:
         parent = jobs.get_job(_db(), parent_job_id, owner_id=owner)
@@ -142,7 +145,26 @@ def _parent_base_model(parent_job_id: uuid.UUID, base_model: str | None) -> str:
     if base_model is not None and resolve_base_model(_settings(), base_model) != parent["base_model"]:
         raise PathRejected(f"job {parent_job_id} was trained on {parent['base_model']}; a continuous job keeps "
                            "its parent's base model (leave base_model out)")
-    return parent["base_model"]
+    return parent
+
+
+def _adapter_conflicts(adapter_dir: Path, hyperparameters: dict) -> dict[str, list[str]]:
+    """Adapter shape settings of the request that differ from the parent adapter's, which training keeps."""
+    try:
+        parent_settings = adapter_settings(adapter_dir)
+    except (OSError, ValueError) as exc:
+        raise PathRejected(f"the parent's adapter config cannot be read ({exc})") from None
+    conflicts = {}
+    for name, parent_value in parent_settings.items():
+        given = hyperparameters.get(name)
+        if name == "target_modules" and not isinstance(given, list):
+            continue  # A name such as "all-linear" resolves per model; only a list can be compared.
+        if isinstance(given, list):
+            given = sorted(given)
+        if given is not None and parent_value is not None and given != parent_value:
+            conflicts[f"hyperparameters.{name}"] = [f"The parent adapter has {name} {parent_value}, which a continuous job keeps; "
+                               f"leave {name} out."]
+    return conflicts
 
 
 def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:

@@ -272,6 +272,30 @@ def test_continuous_job_takes_its_parents_base_model_and_shows_lineage(client, t
     assert shown["children"] == [child["id"]] and shown["parent_job_id"] is None
 
 
+@pytest.mark.parametrize(("given", "refused"), [
+    ({"lora_rank": 16}, {"lora_rank"}),
+    ({"lora_rank": 8, "lora_alpha": 16.0}, set()),
+    ({"lora_alpha": 32, "target_modules": ["v_proj", "q_proj", "o_proj"]}, {"lora_alpha", "target_modules"}),
+    ({"target_modules": ["v_proj", "q_proj"], "learning_rate": 1e-3}, set()),
+])
+def test_continuous_refuses_adapter_settings_its_parent_does_not_have(client, trainer, db, storage, tmp_path,
+                                                                      given, refused):
+    parent = _completed_job(db, client, trainer, storage, tmp_path)
+    (storage["outputs"] / parent["id"] / "adapter_config.json").write_text(
+        json.dumps({"r": 8, "lora_alpha": 16.0, "target_modules": ["q_proj", "v_proj"]}))
+    body = {"job_name": "faq-2", "trainer_type": "continuous", "parent_job_id": parent["id"],
+            "dataset_path": "demo-train.jsonl", "hyperparameters": given}
+    response = client.post("/api/training/jobs", headers=trainer, json=body)
+    if not refused:
+        assert response.status_code == 202, response.get_json()
+        return
+    assert response.status_code == 422
+    fields = response.get_json()["error"]["details"]["fields"]
+    assert set(fields) == {f"hyperparameters.{name}" for name in refused}
+    for name in refused:
+        assert f"leave {name} out" in fields[f"hyperparameters.{name}"][0]
+
+
 def test_continuous_refuses_another_users_parent_and_an_unfinished_one(client, user_headers, admin, db, storage,
                                                                        tmp_path):
     owner = user_headers("trainer", "ann")
