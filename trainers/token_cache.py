@@ -98,7 +98,9 @@ def read_entry(cache_dir: Path, key: str) -> CacheEntry | None:
         with np.load(path, allow_pickle=False) as arrays:
             meta = json.loads(str(arrays["meta"]))
             input_ids, labels, offsets = arrays["input_ids"], arrays["labels"], arrays["offsets"]
-        return _entry_from_arrays(key, meta, input_ids, labels, offsets)
+        entry = _entry_from_arrays(key, meta, input_ids, labels, offsets)
+        _touch(path)
+        return entry
     # Whatever is wrong with an entry (truncated, bit-flipped, another layout), the data can be encoded again.
     except Exception as error:
         logger.warning("Ignoring the unreadable token cache entry %s: %s", path, error)
@@ -155,6 +157,43 @@ def write_entry(cache_dir: Path, key: str, entry: CacheEntry) -> None:
     finally:
         if temp_name is not None:
             Path(temp_name).unlink(missing_ok=True)
+
+
+def prune(cache_dir: Path, max_bytes: int) -> list[Path]:
+    """Delete the least recently used entries until the cache holds at most max_bytes; return what went."""
+    entries = []
+    for path in Path(cache_dir).glob(f"*{SUFFIX}"):
+        try:
+            status = path.stat()
+        except OSError:
+            continue  # Another worker pruned it first.
+        entries.append((status.st_mtime, status.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    # Oldest use first; a hit refreshes an entry's mtime, so the entries in use stay.
+    for _, size, path in sorted(entries):
+        if total <= max_bytes:
+            break
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            logger.warning("Could not delete the token cache entry %s: %s", path, error)
+            continue
+        total -= size
+        removed.append(path)
+    if removed:
+        logger.info("Deleted %s token cache entries to keep %s under %s bytes.", len(removed), cache_dir, max_bytes)
+    return removed
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry as just used, so pruning keeps it."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # A read-only cache still serves hits; it is only pruned less well.
 
 
 def _remove_stale_temp_files(cache_dir: Path) -> None:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from trainers import data, token_cache
 from trainers.data import TEMPLATE_VERSION, load_dataset
-from trainers.token_cache import CacheEntry, cache_key, read_entry, tokenizer_fingerprint, write_entry
+from trainers.token_cache import CacheEntry, cache_key, prune, read_entry, tokenizer_fingerprint, write_entry
 
 # Rejects conversations that start with a system message, so loading also counts rejected records.
 STRICT_TEMPLATE = (
@@ -292,3 +292,32 @@ def test_entry_files_hold_no_pickles(tmp_path: Path, dataset_path: Path, tokeniz
         assert set(arrays.files) == {"meta", "input_ids", "labels", "offsets"}
         assert arrays["input_ids"].dtype == np.int32
     assert token_cache.entry_path(tmp_path / "cache", entry.stem) == entry
+
+
+def _entry_of(tmp_path: Path, key: str, tokens: int, used_seconds_ago: float) -> Path:
+    """Write an entry of about 8 bytes a token and date its last use."""
+    write_entry(tmp_path, key, CacheEntry([{"input_ids": list(range(tokens)), "attention_mask": [1] * tokens,
+                                            "labels": list(range(tokens))}], 1, 0, 0))
+    path = tmp_path / f"{key}.npz"
+    used = time.time() - used_seconds_ago
+    os.utime(path, (used, used))
+    return path
+
+
+def test_prune_deletes_least_recently_used_entries_until_under_the_limit(tmp_path: Path) -> None:
+    oldest = _entry_of(tmp_path, "a" * 64, 2000, used_seconds_ago=300)
+    middle = _entry_of(tmp_path, "b" * 64, 2000, used_seconds_ago=200)
+    newest = _entry_of(tmp_path, "c" * 64, 2000, used_seconds_ago=100)
+    size = newest.stat().st_size
+    assert prune(tmp_path, 3 * size) == []
+    assert prune(tmp_path, 2 * size) == [oldest]
+    assert prune(tmp_path, 0) == [middle, newest]
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_a_hit_keeps_an_entry_from_being_pruned(tmp_path: Path) -> None:
+    used = _entry_of(tmp_path, "a" * 64, 2000, used_seconds_ago=300)
+    unused = _entry_of(tmp_path, "b" * 64, 2000, used_seconds_ago=200)
+    assert read_entry(tmp_path, "a" * 64) is not None
+    assert prune(tmp_path, used.stat().st_size) == [unused]
+    assert used.exists()
