@@ -7,6 +7,7 @@ CLARA_DATABASE_URL or CLARA_GPU_IDS. Tests and tools pass overrides as a mapping
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import typing
@@ -135,6 +136,10 @@ class Settings:
     """Longest one Server-Sent Events stream stays open; clients reconnect with Last-Event-ID and lose nothing."""
     metrics_token: str = ""
     """Bearer token GET /metrics requires; empty: /metrics answers only requests from loopback addresses."""
+    worker_metrics_port: int = 0
+    """Port a worker's main process serves its own /metrics on; 0: none. Each worker on one host needs its own."""
+    worker_metrics_address: str = "127.0.0.1"
+    """Address a worker's /metrics listens on; any other than loopback needs CLARA_METRICS_TOKEN in production."""
 
     @property
     def is_production(self) -> bool:
@@ -157,6 +162,10 @@ class Settings:
                 problems.append("CLARA_FLOWER_BASIC_AUTH must look like user:password")
             if "*" in self.cors_origins:
                 problems.append("CLARA_CORS_ORIGINS must name origins in production, not '*'")
+            if self.worker_metrics_port and not self.metrics_token and not is_loopback(self.worker_metrics_address):
+                # Without the token only loopback clients are answered, so such a bind is a mistake, or an opening.
+                problems.append("CLARA_WORKER_METRICS_ADDRESS other than loopback needs CLARA_METRICS_TOKEN"
+                                " in production")
         for name in ("api_port", "access_token_minutes", "refresh_token_days", "job_time_limit",
                      "max_attempts", "lease_seconds", "max_concurrent_jobs", "max_request_bytes",
                      "max_dataset_bytes", "max_upload_bytes", "dataset_batch_size", "max_active_jobs_per_user",
@@ -168,6 +177,8 @@ class Settings:
             scheme, _, rest = origin.partition("://")
             if origin != "*" and (scheme not in ("http", "https") or not rest or "/" in rest):
                 problems.append(f"CLARA_CORS_ORIGINS entries must look like https://host[:port], not {origin!r}")
+        if not 0 <= self.worker_metrics_port <= 65535:
+            problems.append("CLARA_WORKER_METRICS_PORT must be a port number, or 0 for none")
         if self.stream_max_seconds <= 0:
             problems.append("CLARA_STREAM_MAX_SECONDS must be positive")
         if self.hsts_seconds < 0:
@@ -184,6 +195,16 @@ class Settings:
             if getattr(self, name) <= 0:
                 problems.append(f"CLARA_{name.upper()} must be positive")
         return problems
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a listening address is localhost, 127.0.0.0/8 or ::1."""
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _coerce(name: str, raw: Any, kind: Any) -> Any:

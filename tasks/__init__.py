@@ -11,6 +11,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 import celeryconfig
 import settings as clara_settings
 from settings import Settings
+from tasks import worker_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def _prepare_child(**_: Any) -> None:
     index = getattr(current_process(), "index", 0) or 0
     gpu = pin_gpu(index)
     logger.info("Worker child %s trains on %s.", index, f"GPU {gpu}" if gpu is not None else "its default device")
+    worker_metrics.child_started(gpu)
     reset_database()
 
 

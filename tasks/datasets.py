@@ -17,6 +17,7 @@ from records.datasets import storage_of
 from records.db import Database, DatabaseUnavailable
 from records.jobs import DATASETS, Claim
 from settings import Settings
+from tasks import worker_metrics
 from tasks.delivery import progress_publisher, worker_name
 from tasks.leases import LeaseKeeper
 from tasks.training import LEASE_GRACE_SECONDS, database
@@ -109,6 +110,7 @@ class _Watcher:
 
     def progress(self, progress: dict[str, Any]) -> None:
         """Store the latest counts, throttled."""
+        worker_metrics.record_dataset(str(self.dataset_id), progress)
         if self.publish is not None:
             self.publish({"dataset_id": str(self.dataset_id), **progress})
         now = time.monotonic()

@@ -23,6 +23,7 @@ from records import attempts, checkpoints
 from records.db import Database, DatabaseUnavailable, retry_unavailable
 from records.jobs import TRAINING, Claim, JobNotFound, add_event, get_job
 from settings import Settings
+from tasks import worker_metrics
 from tasks.delivery import progress_publisher, worker_name
 from tasks.leases import LeaseKeeper
 from trainers.checkpoints import Checkpoint, CheckpointStore
@@ -307,6 +308,7 @@ class JobReporter(ProgressReporter):
     def report(self, progress: TrainingProgress) -> None:
         """Store progress, throttled, with an event every few percent and at the last step."""
         self.last_step = progress.step
+        worker_metrics.record_training(str(self.job_id), progress)
         state = {"step": progress.step, "total_steps": progress.total_steps, "epoch": round(progress.epoch, 4),
                  "percent": round(progress.percent, 2), "eta_seconds": progress.eta_seconds}
         self.last_state = state
@@ -381,6 +383,8 @@ class JobReporter(ProgressReporter):
     def note_resume(self, store: CheckpointStore) -> None:
         """Reconcile the checkpoint index with the disk and record where this attempt resumes."""
         on_disk = store.list()
+        if on_disk:
+            worker_metrics.training_resumes(str(self.job_id), on_disk[-1].step)
         try:
             checkpoints.sync(self.db, self.job_id, [checkpoint.step for checkpoint in on_disk])
             if on_disk:

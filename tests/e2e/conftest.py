@@ -28,6 +28,7 @@ class Stack:
     url: str
     env: dict[str, str]
     logs: dict[str, Path]
+    worker_metrics_url: str = ""
 
     def login(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> dict[str, str]:
         """Log in and return Authorization headers."""
@@ -50,6 +51,37 @@ class Stack:
     def wait_for_job(self, headers: dict[str, str], job_id: str, until: Any, timeout: float = 300) -> dict:
         """Poll a training job until `until(job)` holds, and return it."""
         return self.wait_for(f"/api/training/jobs/{job_id}", headers, until, timeout)
+
+    def worker_metrics(self, until: Any = None, timeout: float = 30) -> WorkerMetrics:
+        """Scrape the worker's own /metrics, until `until(metrics)` holds if given."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = requests.get(self.worker_metrics_url, timeout=10)
+            response.raise_for_status()
+            metrics = WorkerMetrics(response.text)
+            if until is None or until(metrics):
+                return metrics
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker's metrics never reached the expected state:\n{response.text}")
+            time.sleep(0.3)
+
+
+class WorkerMetrics:
+    """A scrape of a worker's /metrics, parsed."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+    def matching(self, name: str, **labels: str) -> list[Any]:
+        """The samples of this name whose labels include these."""
+        return [s for s in self.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the matching samples, 0 when there are none."""
+        return sum(sample.value for sample in self.matching(name, **labels))
 
 
 def _free_port() -> int:
@@ -84,6 +116,7 @@ def stack(settings_overrides: dict[str, Any], tmp_path: Path, request: pytest.Fi
     """Start `python -m api` and `celery -A tasks worker -Q gpu`, wait until /ready answers 200."""
     port = _free_port()
     env = _environment(settings_overrides, port)
+    env["CLARA_WORKER_METRICS_PORT"] = str(_free_port())
     logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
     commands = {
         "api": [sys.executable, "-m", "api"],
@@ -97,7 +130,8 @@ def stack(settings_overrides: dict[str, Any], tmp_path: Path, request: pytest.Fi
     for name, command in commands.items():
         processes[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=logs[name].open("w"),
                                            stderr=subprocess.STDOUT)
-    stack = Stack(url=f"http://127.0.0.1:{port}", env=env, logs=logs)
+    stack = Stack(url=f"http://127.0.0.1:{port}", env=env, logs=logs,
+                  worker_metrics_url=f"http://127.0.0.1:{env['CLARA_WORKER_METRICS_PORT']}/metrics")
     try:
         _wait_ready(stack, processes)
         yield stack

@@ -85,7 +85,32 @@ def test_build_a_dataset_then_train_on_it(stack, settings_overrides):
     trained = stack.wait_for_job(admin, job.json()["id"], lambda j: j["is_terminal"])
     assert trained["status"] == "completed", trained
     assert trained["dataset_id"] == dataset_id
+    _assert_worker_counted_both_jobs(stack, trained)
 
     # The dataset is in use only while the job runs; now it may go.
     assert requests.delete(f"{stack.url}/api/datasets/{dataset_id}", headers=analyst, timeout=10).status_code == 204
     assert requests.get(f"{stack.url}/api/datasets/{dataset_id}", headers=analyst, timeout=10).status_code == 404
+
+
+def _assert_worker_counted_both_jobs(stack, trained: dict) -> None:
+    """The worker's own /metrics counted the build and the training, from its main process and its pool child."""
+    # The task ends in the pool child a moment after the job row says so.
+    metrics = stack.worker_metrics(lambda m: m.value("clara_worker_tasks_finished_total", task="clara.train_job") >= 1)
+    for task, kind in (("clara.build_dataset", "dataset"), ("clara.train_job", "training")):
+        assert metrics.value("clara_worker_tasks_received_total", task=task) == 1, metrics.text
+        assert metrics.value("clara_worker_tasks_finished_total", task=task, outcome="succeeded") == 1
+        assert metrics.value("clara_worker_tasks_finished_total", task=task) == 1
+        assert metrics.value("clara_worker_task_duration_seconds_count", task=task) == 1
+        assert metrics.value("clara_worker_jobs_total", kind=kind, outcome="completed") == 1
+        assert metrics.value("clara_worker_running_tasks", task=task) == 0
+    assert metrics.value("clara_worker_training_steps_total") == 5
+    assert metrics.value("clara_worker_trained_tokens_total") == trained["metrics"]["trained_tokens"] > 0
+    assert metrics.value("clara_worker_training_tokens_per_second", gpu="7") == 0
+    assert metrics.value("clara_worker_dataset_documents_read_total") >= len(PARAGRAPHS)
+    assert metrics.value("clara_worker_dataset_records_written_total") == 3
+    assert not metrics.matching("clara_worker_running_task_info")
+    (info,) = metrics.matching("clara_worker_info")
+    assert info.labels["queues"] == "cpu,gpu" and info.labels["gpu_ids"] == "7" and info.labels["concurrency"] == "1"
+    # The main process and its one pool child, each with its own resident memory.
+    memory = metrics.matching("clara_worker_process_resident_memory_bytes")
+    assert len({sample.labels["pid"] for sample in memory}) == 2 and all(s.value > 0 for s in memory)

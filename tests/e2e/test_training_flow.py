@@ -88,8 +88,14 @@ def test_cancel_a_running_job_and_a_queued_one(stack, storage, settings_override
     long_job = {"job_name": "long", "base_model": "tiny-llama", "dataset_path": _write_dataset(storage["data"]),
                 "hyperparameters": {"max_steps": 100000, "batch_size": 1, "max_seq_length": 64}}
     running = requests.post(f"{stack.url}/api/training/jobs", headers=admin, json=long_job, timeout=30).json()
-    stack.wait_for_job(admin, running["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 1,
-                       timeout=120)
+    training = stack.wait_for_job(admin, running["id"],
+                                  lambda j: j["status"] == "running" and j["progress"]["step"] >= 1, timeout=120)
+    # While it trains, the worker names the job it runs and how fast it goes.
+    metrics = stack.worker_metrics(lambda m: m.value("clara_worker_training_tokens_per_second") > 0)
+    (task,) = metrics.matching("clara_worker_running_task_info")
+    assert task.labels["job_id"] == running["id"] and task.labels["task"] == "clara.train_job"
+    assert task.labels["pid"] == training["worker"].rsplit("/", 1)[1]
+    assert metrics.value("clara_worker_running_tasks", task="clara.train_job") == 1
     queued = requests.post(f"{stack.url}/api/training/jobs", headers=admin, json=long_job, timeout=30).json()
     assert queued["status"] == "queued"
 
