@@ -60,6 +60,8 @@ class Settings:
     """Checkpoints of running jobs, in <checkpoints_dir>/<job id>/. Shared storage, so any host can resume."""
     cache_dir: Path = Path("var/cache")
     """Encoded datasets, reused while data, tokenizer and settings match. Local to each host is fine."""
+    token_cache_max_bytes: int = 20 * 2**30
+    """Size the token cache (<cache_dir>/tokens) is pruned to after each training job, least recently used first."""
     allow_hub_models: bool = True
     """Accept a Hugging Face hub id as base_model when no local directory has that name."""
     bootstrap_admin_password: str = ""
@@ -170,7 +172,7 @@ class Settings:
                      "max_attempts", "lease_seconds", "max_concurrent_jobs", "max_request_bytes",
                      "max_dataset_bytes", "max_upload_bytes", "dataset_batch_size", "max_active_jobs_per_user",
                      "max_active_datasets_per_user", "login_max_failures_per_user",
-                     "login_max_failures_per_address", "login_failure_window_seconds"):
+                     "login_max_failures_per_address", "login_failure_window_seconds", "token_cache_max_bytes"):
             if getattr(self, name) <= 0:
                 problems.append(f"CLARA_{name.upper()} must be positive")
         for origin in self.cors_origins:

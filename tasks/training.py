@@ -249,12 +249,16 @@ def _train(db: Database, job: dict[str, Any], settings: Settings,
            reporter: JobReporter) -> tuple[str, str, dict[str, Any]]:
     """Run the trainer and translate its outcome into (status, event message, finish fields)."""
     # Imported here so the API, which enqueues by name, never loads torch.
+    from trainers import token_cache
     from trainers.lora import ModelLoadError, OutOfMemory, train
 
     try:
         request = _request(db, job, settings)
         reporter.note_resume(CheckpointStore(request.checkpoint_dir, 1))
-        result = train(request, reporter)
+        try:
+            result = train(request, reporter)
+        finally:
+            token_cache.prune(request.cache_dir, settings.token_cache_max_bytes)
     except TrainingConfigError as exc:
         return "failed", f"Job failed: {exc}", {"error": ("invalid_configuration", str(exc))}
     except ModelLoadError as exc:

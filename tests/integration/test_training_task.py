@@ -57,6 +57,14 @@ def test_job_trains_to_completion_and_the_record_says_so(db, settings, new_job):
     assert any(e["message"].startswith("Attempt 1 started on test-worker") for e in events)
 
 
+@pytest.mark.parametrize(("max_bytes", "entries_left"), [(2**30, 1), (1, 0)])
+def test_the_token_cache_is_pruned_to_its_size_after_a_job(db, settings, new_job, max_bytes, entries_left):
+    settings = dataclasses.replace(settings, token_cache_max_bytes=max_bytes)
+    job = new_job()
+    assert run_training_job(db, settings, job["id"], worker="w", publish=lambda _: None)["outcome"] == "completed"
+    assert len(list((settings.cache_dir / "tokens").glob("*.npz"))) == entries_left
+
+
 def test_unknown_target_module_fails_before_training_with_the_reason(db, settings, new_job):
     job = new_job(target_modules=["no_such_proj"])
     assert run_training_job(db, settings, job["id"], worker="w")["outcome"] == "failed"
