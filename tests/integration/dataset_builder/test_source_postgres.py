@@ -1,17 +1,27 @@
-"""The postgres source against a real PostgreSQL: full-text search, filters, limits, streaming."""
+"""The postgres source against a real PostgreSQL: full-text search, filters, limits, streaming, the collector."""
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+import psycopg
 import psycopg2
 import pytest
 from psycopg2 import sql
 
-from dataset_builder.sources import DocumentTable, SourceContext, SourceError, ensure_documents_table, read_source
+from dataset_builder.sources import (
+    DocumentTable,
+    SourceContext,
+    SourceError,
+    ensure_documents_table,
+    postgres,
+    read_source,
+)
 from dataset_builder.sources.postgres import build_query
 
 Row = tuple[str, str, str, dict[str, Any], str]
@@ -115,27 +125,61 @@ def test_limit_keeps_the_first_rows_by_id(source_database_url: str, make_context
     assert ids({"type": "postgres", "limit": 3}, context) == ["r1", "r3", "r5"]
 
 
-def _fetches(url: str) -> list[str]:
-    """The last statement of every other connection to the database that is a FETCH."""
+def _copies(url: str) -> list[tuple[str, str | None, str]]:
+    """(state, wait event, statement) of every other connection to the database whose last statement is a COPY."""
     monitor = psycopg2.connect(url)
     try:
         with monitor.cursor() as cursor:
-            cursor.execute("SELECT query FROM pg_stat_activity WHERE datname = current_database() AND pid <> "
-                           "pg_backend_pid() AND query LIKE 'FETCH FORWARD%%'")
-            return [row[0] for row in cursor.fetchall()]
+            cursor.execute("SELECT state, wait_event, query FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid() AND query LIKE 'COPY (%%'")
+            return cursor.fetchall()
     finally:
         monitor.close()
 
 
-def test_batches_are_bounded_and_streamed_through_a_server_side_cursor(
+def _wait_for(condition: Callable[[], bool], seconds: float = 5) -> bool:
+    """Poll condition until it holds or the time is up; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def _insert_large(url: str, rows: int, chars: int) -> None:
+    """A documents table of rows whose content is chars long each, made by the server."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            # No full-text index: building it over this much text would take most of the test's time.
+            cursor.execute("CREATE TABLE documents (id text PRIMARY KEY, title text, content text, metadata jsonb, "
+                           "created_at timestamptz)")
+            cursor.execute("INSERT INTO documents (id, title, content) SELECT 'r' || lpad(n::text, 6, '0'), 't', "
+                           "repeat('Inhalt ', %s) FROM generate_series(1, %s) AS n", (chars // 7, rows))
+    finally:
+        conn.close()
+
+
+def test_batches_are_bounded_and_streamed_through_a_read_only_binary_copy(
     source_database_url: str, make_context: Callable[..., SourceContext]
 ) -> None:
     insert(source_database_url, [(f"r{n}", "t", "Inhalt", {}, "2020-01-01") for n in range(5)])
     batches = read_source({"type": "postgres"}, make_context(source_database_url=source_database_url, batch_size=2))
     first = next(batches)
-    fetches = _fetches(source_database_url)
+    copies = _copies(source_database_url)
     assert [len(first)] + [len(batch) for batch in batches] == [2, 2, 1]
-    assert len(fetches) == 1 and fetches[0].startswith("FETCH FORWARD 2 FROM \"clara_source_")
+    assert len(copies) == 1 and copies[0][2].startswith("COPY (SELECT ") and "(FORMAT BINARY)" in copies[0][2]
+
+
+def test_the_server_waits_for_the_reader_so_memory_stays_bounded(
+    source_database_url: str, make_context: Callable[..., SourceContext]
+) -> None:
+    # 40 MB of content: far more than socket buffers hold, so the server must stop and wait.
+    _insert_large(source_database_url, 4000, 10_000)
+    batches = read_source({"type": "postgres"}, make_context(source_database_url=source_database_url, batch_size=10))
+    assert len(next(batches)) == 10
+    assert _wait_for(lambda: [row[:2] for row in _copies(source_database_url)] == [("active", "ClientWrite")])
+    batches.close()
+    assert _wait_for(lambda: _copies(source_database_url) == [])
 
 
 def test_closing_the_reader_early_releases_the_connection(
@@ -144,13 +188,97 @@ def test_closing_the_reader_early_releases_the_connection(
     insert(source_database_url, [(f"r{n:02}", "t", "Inhalt", {}, "2020-01-01") for n in range(50)])
     batches = read_source({"type": "postgres"}, make_context(source_database_url=source_database_url, batch_size=2))
     assert len(next(batches)) == 2
-    assert len(_fetches(source_database_url)) == 1
+    assert len(_copies(source_database_url)) == 1
     batches.close()
     # A closed connection's backend leaves pg_stat_activity a moment after the client lets go.
-    deadline = time.monotonic() + 5
-    while _fetches(source_database_url) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _fetches(source_database_url) == []
+    assert _wait_for(lambda: _copies(source_database_url) == [])
+
+
+def test_the_source_reads_in_a_read_only_transaction(context: SourceContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    describe = postgres._metadata_is_json
+
+    def recording(conn: psycopg.Connection, table: DocumentTable) -> bool:
+        with conn.cursor() as cursor:
+            cursor.execute("SHOW transaction_read_only")
+            seen.append(cursor.fetchone()[0])
+        return describe(conn, table)
+
+    monkeypatch.setattr(postgres, "_metadata_is_json", recording)
+    assert len(ids({"type": "postgres"}, context)) == len(ROWS)
+    assert seen == ["on"]
+
+
+def _record_gc_while_building(monkeypatch: pytest.MonkeyPatch, fail_on: int = 0) -> list[bool]:
+    """Make the source note whether the collector is on each time it builds a batch; fail on call fail_on."""
+    seen: list[bool] = []
+    build = postgres._documents
+
+    def recording(rows: list[tuple[Any, ...]], json_metadata: bool) -> list[Any]:
+        seen.append(gc.isenabled())
+        if len(seen) == fail_on:
+            raise RuntimeError("consumer-visible failure while building")
+        return build(rows, json_metadata)
+
+    monkeypatch.setattr(postgres, "_documents", recording)
+    return seen
+
+
+def test_the_cyclic_collector_is_paused_only_while_a_batch_is_built(
+    context: SourceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _record_gc_while_building(monkeypatch)
+    batches = read_source({"type": "postgres"}, replace(context, batch_size=2))
+    sizes = []
+    for batch in batches:
+        # The consumer runs with the collector on, as everywhere else in the process.
+        assert gc.isenabled()
+        sizes.append(len(batch))
+    assert sizes == [2, 2, 1]
+    assert seen == [False] * 4 and gc.isenabled()
+
+
+def test_the_collector_is_back_on_after_an_early_close_or_a_failure(
+    context: SourceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = read_source({"type": "postgres"}, replace(context, batch_size=2))
+    next(batches)
+    batches.close()
+    assert gc.isenabled()
+    seen = _record_gc_while_building(monkeypatch, fail_on=2)
+    with pytest.raises(RuntimeError, match="consumer-visible failure"):
+        list(read_source({"type": "postgres"}, replace(context, batch_size=2)))
+    assert seen == [False, False] and gc.isenabled()
+    assert _wait_for(lambda: _copies(context.source_database_url) == [])
+
+
+def test_a_collector_the_caller_turned_off_stays_off(context: SourceContext) -> None:
+    gc.disable()
+    try:
+        assert len(ids({"type": "postgres"}, replace(context, batch_size=2))) == len(ROWS)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_columns_of_other_types_arrive_as_text_in_the_order_of_the_id(
+    source_database_url: str, make_context: Callable[..., SourceContext]
+) -> None:
+    conn = psycopg2.connect(source_database_url)
+    try:
+        with conn, conn.cursor() as cursor:
+            cursor.execute("CREATE TABLE documents (id integer PRIMARY KEY, title varchar(40), content text, "
+                           "metadata jsonb, created_at timestamp)")
+            cursor.execute("INSERT INTO documents VALUES (10, 'zehn', 'Inhalt', '{\"n\": 10}', '2020-01-02 03:04:05'), "
+                           "(9, NULL, NULL, NULL, NULL)")
+    finally:
+        conn.close()
+    context = make_context(source_database_url=source_database_url)
+    documents = [d for batch in read_source({"type": "postgres"}, context) for d in batch]
+    assert [(d.id, d.fields) for d in documents] == [
+        ("9", {"title": "", "content": "", "metadata": {}, "created_at": None}),
+        ("10", {"title": "zehn", "content": "Inhalt", "metadata": {"n": 10}, "created_at": "2020-01-02T03:04:05"}),
+    ]
 
 
 @pytest.mark.parametrize("column_type", ["jsonb", "json", "text"])
@@ -203,14 +331,11 @@ def test_language_is_never_taken_from_the_request(context: SourceContext) -> Non
 
 def test_full_text_search_uses_the_german_index(context: SourceContext) -> None:
     query, params = build_query({"type": "postgres", "query": "Krankenversicherungen"}, context.documents_table)
-    conn = psycopg2.connect(context.source_database_url)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute("SET enable_seqscan = off")
-            cursor.execute(sql.SQL("EXPLAIN ") + query, params)
-            plan = "\n".join(row[0] for row in cursor.fetchall())
-    finally:
-        conn.close()
+    # Bound on the client, as the source's COPY binds them, so the planner sees the same literals.
+    with psycopg.connect(context.source_database_url) as conn, psycopg.ClientCursor(conn) as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute(psycopg.sql.SQL("EXPLAIN ") + query, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "documents_content_fts_german_idx" in plan
 
 
