@@ -70,8 +70,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     for module in (sessions, users, training, datasets, audit, health):
         api.register_blueprint(module.blp)
     api.register_blueprint(plots.blp)
-    # Not in the OpenAPI document: event streams, Swagger UI's files and Prometheus' /metrics.
-    for module in (streams, docs, prometheus):
+    api.register_blueprint(streams.blp)
+    # Not in the OpenAPI document: Swagger UI's files and Prometheus' /metrics.
+    for module in (docs, prometheus):
         app.register_blueprint(module.blp)
 
     app.extensions["clara_schema_ready"] = _prepare_database(app)

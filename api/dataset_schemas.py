@@ -5,14 +5,52 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from api.openapi_examples import CREATED_AT, DATASET_ID, FINISHED_AT, STARTED_AT
 from api.schemas import JOB_STATUSES, InputSchema, JobStateSchema
 
 SPLITS = ("train", "validation")
 FILE_FORMATS = ("jsonl", "parquet", "csv")
 
+# The examples of the OpenAPI document: a completed build of German social law, and its first record.
+RECORD_EXAMPLE = {"text": "§ 5 SGB V Versicherungspflicht\n\nVersicherungspflichtig sind Arbeiter, Angestellte "
+                          "und zu ihrer Berufsausbildung Beschäftigte, die gegen Arbeitsentgelt beschäftigt sind."}
+BUILD_EXAMPLE = {
+    "name": "gesetze-de", "description": "Sozialgesetzbuch V, ohne Dubletten.",
+    "sources": [{"type": "postgres", "query": "Krankenversicherung", "metadata": {"law": "SGB V"}, "limit": 10000}],
+    "quality": {"min_chars": 200, "languages": ["de"], "dedup": "near", "redact_pii": True},
+    "format": {"kind": "text", "mapping": {"text": "{title}\n\n{content}"}},
+    "split": {"validation_fraction": 0.05, "seed": 42}, "export_formats": ["jsonl", "parquet"],
+}
+_FILE = {"path": "train.jsonl", "records": 1900, "bytes": 2874113,
+         "sha256": "7fe85c85eaec2793640530755eeb81b17847ff8c8ba60408ff27440ca46f4ebe"}
+DATASET_EXAMPLE = {
+    "object": "dataset", "id": DATASET_ID, "name": "gesetze-de", "description": "Sozialgesetzbuch V, ohne Dubletten.",
+    "kind": "build", "status": "completed", "is_terminal": True, "owner": "maria", "created_at": CREATED_AT,
+    "started_at": STARTED_AT, "finished_at": FINISHED_AT, "error": None, "attempts": 1, "worker": "celery@cpu-01",
+    "cancel_requested": False, "spec": BUILD_EXAMPLE, "progress": {"documents": 2000, "written": 2000},
+    "manifest": {"builder_version": "1.0.0", "format": "text", "counts": {"read": 2140, "written": 2000},
+                 "records": {"train": 1900, "validation": 100}, "token_estimate": 1250000,
+                 "files": {"jsonl": {"train": _FILE, "validation": {**_FILE, "path": "validation.jsonl",
+                                                                    "records": 100, "bytes": 151270}}}},
+}
+
+QUEUED_DATASET_EXAMPLE = {**DATASET_EXAMPLE, "status": "queued", "is_terminal": False, "started_at": None,
+                          "finished_at": None, "attempts": 0, "worker": None, "progress": {}, "manifest": None}
+UPLOADED_DATASET_EXAMPLE = {
+    **DATASET_EXAMPLE, "name": "buergerservice-faq", "description": "", "kind": "upload", "started_at": CREATED_AT,
+    "finished_at": CREATED_AT, "attempts": 0, "worker": None, "progress": {},
+    "spec": {"type": "upload", "filename": "buergerservice-faq.jsonl", "format": "jsonl"},
+    "manifest": {"builder_version": "1.0.0", "format": "mixed", "counts": {"read": 60, "written": 60},
+                 "records": {"train": 60, "validation": 0}, "token_estimate": 4977,
+                 "source": {"type": "upload", "filename": "buergerservice-faq.jsonl", "format": "jsonl"},
+                 "files": {"jsonl": {"train": {**_FILE, "records": 60, "bytes": 24369}}}},
+}
 
 class DatasetCreateSchema(InputSchema):
     """A dataset build. The builder checks the parts in depth and names every bad field."""
+
+    class Meta(InputSchema.Meta):
+        example = BUILD_EXAMPLE
 
     name = fields.String(required=True, validate=validate.Length(min=1, max=200),
                          metadata={"example": "gesetze-de"})
@@ -62,11 +100,17 @@ class UploadFormSchema(InputSchema):
 class UploadFileSchema(ma.Schema):
     """The uploaded file."""
 
+    class Meta:
+        example = {"file": '{"text": "Anmeldung einer Wohnung: innerhalb von zwei Wochen nach dem Einzug."}\n'}
+
     file = fields.Raw(metadata={"type": "string", "format": "binary"}, required=True)
 
 
 class DatasetSchema(JobStateSchema):
     """A dataset: its build job's state and, once built, its manifest."""
+
+    class Meta:
+        example = DATASET_EXAMPLE
 
     object = fields.Constant("dataset")
     name = fields.String()
@@ -80,6 +124,9 @@ class DatasetSchema(JobStateSchema):
 class DatasetListSchema(ma.Schema):
     """A page of datasets."""
 
+    class Meta:
+        example = {"object": "list", "data": [DATASET_EXAMPLE], "has_more": False}
+
     object = fields.Constant("list")
     data = fields.List(fields.Nested(DatasetSchema))
     has_more = fields.Boolean()
@@ -87,6 +134,9 @@ class DatasetListSchema(ma.Schema):
 
 class PreviewSchema(ma.Schema):
     """The first records of a split."""
+
+    class Meta:
+        example = {"object": "list", "split": "train", "data": [RECORD_EXAMPLE]}
 
     object = fields.Constant("list")
     split = fields.String()

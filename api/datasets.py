@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import uuid
@@ -13,6 +14,9 @@ from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
 from api.dataset_schemas import (
+    QUEUED_DATASET_EXAMPLE,
+    RECORD_EXAMPLE,
+    UPLOADED_DATASET_EXAMPLE,
     DatasetCreateSchema,
     DatasetListQuerySchema,
     DatasetListSchema,
@@ -25,6 +29,7 @@ from api.dataset_schemas import (
 )
 from api.enqueue import enqueue
 from api.errors import ApiError, ErrorSchema
+from api.openapi_examples import DATASET_ID, error_example, field_error
 from api.schemas import EventListQuerySchema, EventListSchema
 from api.training import quota_error
 from auth.tokens import roles_required
@@ -38,6 +43,17 @@ blp = Blueprint("datasets", __name__, url_prefix="/api/datasets",
 
 BUILD_TASK = "clara.build_dataset"
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
+OWNER_ONLY = {"schema": ErrorSchema, "description": "Only the dataset's owner or an admin may do this.",
+              "example": error_example("forbidden", "Only the dataset's owner or an admin may do this.")}
+NOT_READY = {"schema": ErrorSchema, "description": "The dataset has no files: it is not built (yet).",
+             "example": error_example("dataset_not_ready", f"Dataset {DATASET_ID} has no files: its status is "
+                                                           "running.")}
+FILE_CONTENT = {
+    "application/x-ndjson": {"schema": {"type": "string"},
+                             "example": json.dumps(RECORD_EXAMPLE, ensure_ascii=False) + "\n"},
+    "text/csv": {"schema": {"type": "string"}, "example": 'text\r\n"' + RECORD_EXAMPLE["text"] + '"\r\n'},
+    "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+}
 
 
 def _db():
@@ -84,9 +100,14 @@ def spec_error(problems: list[str]) -> ApiError:
 @blp.route("", methods=["POST"])
 @roles_required("admin", "trainer", "analyst")
 @blp.arguments(DatasetCreateSchema)
-@blp.response(202, DatasetSchema)
-@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your builds have not ended.")
-@blp.alt_response(422, schema=ErrorSchema, description="A field is invalid; the response names it.")
+@blp.response(202, DatasetSchema, example=QUEUED_DATASET_EXAMPLE)
+@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your builds have not ended.",
+                  example=error_example(
+                      "quota_exceeded", "Quota exceeded: you already have 2 dataset builds not yet ended, and "
+                                        "max_active_datasets_per_user allows 2 per user; wait for one to end or "
+                                        "cancel one.", quota="max_active_datasets_per_user", limit=2, active=2))
+@blp.alt_response(422, schema=ErrorSchema, description="A field is invalid; the response names it.",
+                  example=field_error("sources[0].type", "must be one of postgres, chroma, neo4j, upload"))
 def create(body: dict) -> dict:
     """Build a dataset; a CPU worker runs the build, and the dataset is answered at once."""
     from dataset_builder.build import BuildSpecError, parse_spec
@@ -112,6 +133,8 @@ def create(body: dict) -> dict:
 @jwt_required()
 @blp.arguments(DatasetListQuerySchema, location="query", unknown=ma.RAISE)
 @blp.response(200, DatasetListSchema)
+@blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid, or after names no dataset.",
+                  example=field_error("limit", "Must be greater than or equal to 1 and less than or equal to 100."))
 def index(query: dict) -> dict:
     """List datasets, newest first; pass the last id of a page as `after` for the next."""
     try:
@@ -135,6 +158,8 @@ def show(dataset_id: uuid.UUID) -> dict:
 @jwt_required()
 @blp.arguments(EventListQuerySchema, location="query", unknown=ma.RAISE)
 @blp.response(200, EventListSchema)
+@blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid; the response names it.",
+                  example=field_error("after", "Must be greater than or equal to 0."))
 def events(query: dict, dataset_id: uuid.UUID) -> dict:
     """A dataset job's events in order; pass the last event id as `after` to poll for new ones."""
     _load(dataset_id)
@@ -158,6 +183,9 @@ def _storage(dataset: dict) -> Path:
 @jwt_required()
 @blp.arguments(PreviewQuerySchema, location="query", unknown=ma.RAISE)
 @blp.response(200, PreviewSchema)
+@blp.alt_response(409, **NOT_READY)
+@blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid; the response names it.",
+                  example=field_error("split", "Must be one of: train, validation."))
 def preview(query: dict, dataset_id: uuid.UUID) -> dict:
     """The first records of a split, as the trainers will read them."""
     from dataset_builder.export import read_preview
@@ -171,8 +199,14 @@ def preview(query: dict, dataset_id: uuid.UUID) -> dict:
 @blp.route("/<uuid:dataset_id>/files/<string:file_format>", methods=["GET"])
 @jwt_required()
 @blp.arguments(FileQuerySchema, location="query", unknown=ma.RAISE)
-@blp.response(200, {"format": "binary", "type": "string"})
-@blp.alt_response(404, schema=ErrorSchema, description="No such format or file.")
+@blp.response(200)
+@blp.doc(responses={"200": {"description": "The file, as an attachment.", "content": FILE_CONTENT}})
+@blp.alt_response(404, schema=ErrorSchema, description="No such dataset, format or file.",
+                  example=error_example("file_not_found", f"Dataset {DATASET_ID} has no parquet file for split "
+                                                          "validation."))
+@blp.alt_response(409, **NOT_READY)
+@blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid; the response names it.",
+                  example=field_error("split", "Must be one of: train, validation."))
 def download(query: dict, dataset_id: uuid.UUID, file_format: str):
     """Download one split in one format: jsonl, parquet or csv."""
     dataset = _load(dataset_id)
@@ -192,7 +226,10 @@ def download(query: dict, dataset_id: uuid.UUID, file_format: str):
 @blp.route("/<uuid:dataset_id>/cancel", methods=["POST"])
 @roles_required("admin", "trainer", "analyst")
 @blp.response(200, DatasetSchema)
-@blp.alt_response(409, schema=ErrorSchema, description="The build already ended.")
+@blp.alt_response(403, **OWNER_ONLY)
+@blp.alt_response(409, schema=ErrorSchema, description="The build already ended.",
+                  example=error_example("job_not_cancellable", "The dataset job already ended (its status is "
+                                                               "completed); there is nothing to cancel."))
 def cancel(dataset_id: uuid.UUID) -> dict:
     """Cancel a build: a queued one never starts, a running one stops after its current batch."""
     owner = _owner_scope(_load(dataset_id))
@@ -208,7 +245,10 @@ def cancel(dataset_id: uuid.UUID) -> dict:
 @blp.route("/<uuid:dataset_id>", methods=["DELETE"])
 @roles_required("admin", "trainer", "analyst")
 @blp.response(204)
-@blp.alt_response(409, schema=ErrorSchema, description="A training job that is not over uses the dataset.")
+@blp.alt_response(403, **OWNER_ONLY)
+@blp.alt_response(409, schema=ErrorSchema, description="A training job that is not over uses the dataset.",
+                  example=error_example("dataset_in_use", f"A training job that has not ended uses dataset "
+                                                          f"{DATASET_ID}; cancel it or wait."))
 def delete(dataset_id: uuid.UUID) -> None:
     """Delete a dataset and its files; a build still running is cancelled."""
     owner = _owner_scope(_load(dataset_id))
@@ -227,10 +267,15 @@ def delete(dataset_id: uuid.UUID) -> None:
 @blp.route("/upload", methods=["POST"])
 @roles_required("admin", "trainer", "analyst")
 @blp.arguments(UploadFormSchema, location="form")
-@blp.arguments(UploadFileSchema, location="files")
-@blp.response(201, DatasetSchema)
-@blp.alt_response(413, schema=ErrorSchema, description="The file is larger than CLARA_MAX_UPLOAD_BYTES.")
-@blp.alt_response(422, schema=ErrorSchema, description="Bad records, each named by line or row and field.")
+@blp.arguments(UploadFileSchema, location="files", example={
+    "file": UploadFileSchema.Meta.example["file"], "name": "buergerservice-faq", "format": "jsonl"})
+@blp.response(201, DatasetSchema, example=UPLOADED_DATASET_EXAMPLE)
+@blp.alt_response(413, schema=ErrorSchema, description="The file is larger than CLARA_MAX_UPLOAD_BYTES.",
+                  example=error_example("payload_too_large", "The data value transmitted exceeds the capacity limit."))
+@blp.alt_response(422, schema=ErrorSchema, description="Bad records, each named by line or row and field.",
+                  example=error_example("invalid_records", "The file has bad records: line 3: field 'text' must "
+                                                           "not be empty", fields={"file": [
+                                                               "line 3: field 'text' must not be empty"]}))
 def upload(form: dict, files: dict) -> dict:
     """Upload a JSONL, CSV or Parquet file of training records; every record is checked before it is stored."""
     from dataset_builder.upload_dataset import UploadRejected, store_uploaded_dataset

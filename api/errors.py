@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http
 import logging
 from typing import Any
 
@@ -12,8 +13,10 @@ from apispec import BasePlugin
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from flask_smorest import Api
+from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
+from api.openapi_examples import SchemaExamplesPlugin, error_example, field_error, not_found
 from records.db import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -50,13 +53,24 @@ class ApiError(Exception):
 class ErrorBodySchema(ma.Schema):
     """The inside of every error response."""
 
+    class Meta:
+        example = field_error("hyperparameters.lora_rank",
+                              "Must be greater than or equal to 1 and less than or equal to 1024.")["error"]
+
     code = ma.fields.String(metadata={"example": "validation_error"})
-    message = ma.fields.String(metadata={"example": "Invalid field hyperparameters.lora_rank: Must be at least 1."})
-    details = ma.fields.Dict(metadata={"example": {"fields": {"hyperparameters.lora_rank": ["Must be at least 1."]}}})
+    message = ma.fields.String(metadata={"example": "Invalid request. hyperparameters.lora_rank: Must be greater "
+                                                    "than or equal to 1 and less than or equal to 1024."})
+    details = ma.fields.Dict(metadata={"description": "fields names each bad field of a validation_error.",
+                                       "example": {"fields": {"hyperparameters.lora_rank": [
+                                           "Must be greater than or equal to 1 and less than or equal to 1024."]}}})
 
 
 class ErrorSchema(ma.Schema):
     """Every error Clara answers with."""
+
+    class Meta:
+        example = field_error("hyperparameters.lora_rank",
+                              "Must be greater than or equal to 1 and less than or equal to 1024.")
 
     error = ma.fields.Nested(ErrorBodySchema)
 
@@ -99,11 +113,19 @@ def _validation_response(status: int, messages: dict[str, Any]) -> ResponseRetur
     return error_response(status, f"Invalid request. {summary}", "validation_error", {"fields": fields})
 
 
-_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+def _error_doc(description: str, example: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}, "example": example}}}
 
 
-def _error_doc(description: str) -> dict[str, Any]:
-    return {"description": description, "content": _ERROR_CONTENT}
+INTERNAL_ERROR = error_example("internal_error", "The server could not complete the request.")
+# What the common errors answer; a 404's own example comes from the path.
+COMMON_EXAMPLES = {
+    "400": error_example("invalid_json", "The request body is not valid JSON."),
+    "401": error_example("unauthorized", "Authentication required: Missing Authorization Header."),
+    "415": error_example("unsupported_media_type", "The request body must be JSON (Content-Type: application/json)."),
+    "503": error_example("database_unavailable", "The database is unavailable; try again shortly."),
+}
 
 
 class CommonErrorsPlugin(BasePlugin):
@@ -129,7 +151,8 @@ class CommonErrorsPlugin(BasePlugin):
             documented = {str(code) for code in responses}
             for code, description in common.items():
                 if description and code not in documented:
-                    responses[code] = _error_doc(description)
+                    example = not_found(path or "") if code == "404" else COMMON_EXAMPLES[code]
+                    responses[code] = _error_doc(description, example)
             _merge_form_fields(operation, content, self.spec.components.schemas)
 
 
@@ -158,8 +181,23 @@ class ClaraApi(Api):
     ERROR_SCHEMA = ErrorSchema
 
     def _init_spec(self, **kwargs: Any) -> None:
-        """Build the spec with the plugin that documents the common errors."""
-        super()._init_spec(**{**kwargs, "extra_plugins": [*kwargs.get("extra_plugins", ()), CommonErrorsPlugin()]})
+        """Build the spec with the plugins that document the common errors and the schemas' examples."""
+        plugins = [*kwargs.get("extra_plugins", ()), CommonErrorsPlugin(), SchemaExamplesPlugin()]
+        super()._init_spec(**{**kwargs, "extra_plugins": plugins})
+
+    def _register_responses(self) -> None:
+        """flask-smorest's shared error responses, as it registers them but each with an example."""
+        for status in http.HTTPStatus:
+            if status >= 400:
+                example = INTERNAL_ERROR if status >= 500 else error_example(
+                    CODES.get(status, status.name.lower()), status.phrase + ".")
+                self._register_error_response(status.name, status.phrase, example)
+        self._register_error_response("DEFAULT_ERROR", "Default error response", INTERNAL_ERROR)
+
+    def _register_error_response(self, name: str, description: str, example: dict[str, Any]) -> None:
+        response = {"description": description, "schema": self.ERROR_SCHEMA, "example": example}
+        prepare_response(response, self.spec, self.DEFAULT_RESPONSE_CONTENT_TYPE)
+        self.spec.components.response(name, response, lazy=True)
 
     def handle_http_exception(self, error: HTTPException) -> ResponseReturnValue:
         """Answer an HTTP error, including webargs' validation errors, as Clara's JSON error."""

@@ -71,7 +71,10 @@ def _check_workers() -> str | None:
 @blp.route("/ready", methods=["GET"])
 @blp.doc(security=[])
 @blp.response(200, ReadySchema)
-@blp.alt_response(503, schema=ReadySchema, description="A dependency is down; the body names it.")
+@blp.alt_response(503, schema=ReadySchema, description="A dependency is down; the body names it.", example={
+    "status": "not_ready", "checks": {"database": "ok", "redis": "ok", "workers": "no worker consumes the 'gpu' queue"},
+    "error": {"code": "not_ready", "message": "Not ready: no worker consumes the 'gpu' queue",
+              "details": {"down": ["workers"]}}})
 def ready():
     """Readiness: PostgreSQL, Redis and at least one training worker answer."""
     checks = {"database": _check_database(), "redis": _check_redis()}

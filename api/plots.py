@@ -17,6 +17,7 @@ from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
 from api.errors import ApiError, ErrorSchema
+from api.openapi_examples import JOB_ID, error_example
 from records import checkpoints, jobs
 from records.db import Database
 
@@ -27,10 +28,16 @@ blp = Blueprint("training_plots", __name__, url_prefix="/api/training/jobs",
 
 PAGE = 500
 TITLE_CHARACTERS = 80
+TRAIN_POINT_EXAMPLE = {"step": 120, "loss": 1.8412, "learning_rate": 0.00012, "tokens_per_second": 2048.0}
+EVAL_POINT_EXAMPLE = {"step": 100, "loss": 2.0518, "perplexity": 7.782}
+CHECKPOINT_MARK_EXAMPLE = {"step": 100, "id": "checkpoint-100"}
 
 
 class TrainPointSchema(ma.Schema):
     """The training side of one sampled step."""
+
+    class Meta:
+        example = TRAIN_POINT_EXAMPLE
 
     step = ma.fields.Integer()
     loss = ma.fields.Float(allow_none=True)
@@ -41,6 +48,9 @@ class TrainPointSchema(ma.Schema):
 class EvalPointSchema(ma.Schema):
     """One evaluation on the held-out data."""
 
+    class Meta:
+        example = EVAL_POINT_EXAMPLE
+
     step = ma.fields.Integer()
     loss = ma.fields.Float(allow_none=True)
     perplexity = ma.fields.Float(allow_none=True)
@@ -49,12 +59,19 @@ class EvalPointSchema(ma.Schema):
 class CheckpointMarkSchema(ma.Schema):
     """Where a complete checkpoint was saved."""
 
+    class Meta:
+        example = CHECKPOINT_MARK_EXAMPLE
+
     step = ma.fields.Integer()
     id = ma.fields.String()
 
 
 class JobMetricsSchema(ma.Schema):
     """A training job's sampled curves and its checkpoints."""
+
+    class Meta:
+        example = {"object": "training.job.metrics", "job_id": JOB_ID, "train": [TRAIN_POINT_EXAMPLE],
+                   "eval": [EVAL_POINT_EXAMPLE], "checkpoints": [CHECKPOINT_MARK_EXAMPLE]}
 
     object = ma.fields.Constant("training.job.metrics")
     job_id = ma.fields.UUID()
@@ -115,7 +132,9 @@ def metrics(job_id: uuid.UUID) -> dict[str, Any]:
 @blp.route("/<uuid:job_id>/loss.png", methods=["GET"])
 @jwt_required()
 @blp.response(200, {"format": "binary", "type": "string"}, content_type="image/png")
-@blp.alt_response(409, schema=ErrorSchema, description="metrics_not_ready: the job has reported no loss yet.")
+@blp.alt_response(409, schema=ErrorSchema, description="metrics_not_ready: the job has reported no loss yet.",
+                  example=error_example("metrics_not_ready", f"Job {JOB_ID} has reported no loss yet; try again "
+                                                             "once it has trained a while."))
 def loss_png(job_id: uuid.UUID) -> Response:
     """The train and eval loss curves as a PNG, with the checkpoints marked."""
     job = _load_visible(job_id)

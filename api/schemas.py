@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from api.openapi_examples import CREATED_AT, FINISHED_AT, JOB_ID, STARTED_AT, TOKEN
 from auth.users import ROLES
 from trainers.config import (
     EXCLUSIVE_MIN,
@@ -21,6 +22,39 @@ from trainers.config import (
 JOB_STATUSES = ("pending", "queued", "running", "completed", "failed", "cancelled")
 MAX_METADATA_BYTES = 16 * 1024
 BIGINT_MAX = 2**63 - 1
+
+# The examples of the OpenAPI document: one running job, its events and checkpoints, and the user who owns it.
+HYPERPARAMETERS_EXAMPLE = {"max_steps": 200, "learning_rate": 0.0002, "lora_rank": 16, "lora_alpha": 32.0,
+                           "target_modules": ["q_proj", "v_proj"], "validation_split": 0.1, "eval_steps": 50}
+JOB_HYPERPARAMETERS = {
+    "batch_size": 4, "early_stopping_patience": None, "eval_steps": 50, "gradient_accumulation_steps": 1,
+    "gradient_checkpointing": None, "learning_rate": 0.0002, "lora_alpha": 32.0, "lora_dropout": 0.05,
+    "lora_rank": 16, "max_seq_length": 512, "max_steps": 200, "num_epochs": 1.0, "packing": "auto",
+    "quantization_bits": None, "replay_fraction": 0.0, "save_steps": None, "save_total_limit": 2, "seed": 42,
+    "target_modules": ["q_proj", "v_proj"], "validation_split": 0.1, "warmup_ratio": 0.0,
+}
+JOB_EXAMPLE = {
+    "object": "training.job", "id": JOB_ID, "job_name": "citizen-faq-v1", "trainer_type": "lora",
+    "status": "running", "is_terminal": False, "owner": "maria", "created_at": CREATED_AT, "started_at": STARTED_AT,
+    "finished_at": None, "error": None, "attempts": 1, "worker": "celery@gpu-01", "cancel_requested": False,
+    "base_model": "/srv/clara/models/tiny-llama", "dataset_path": "/srv/clara/data/demo-train.jsonl",
+    "dataset_id": None, "hyperparameters": JOB_HYPERPARAMETERS, "metadata": {"team": "buergerservice"},
+    "progress": {"step": 120, "total_steps": 200, "epoch": 0.6, "percent": 60.0, "eta_seconds": 95.0},
+    "metrics": {"train_loss": 1.8412, "trained_tokens": 245760, "tokens_per_second": 2048.0},
+    "adapter_path": None, "parent_job_id": None, "children": [],
+}
+QUEUED_JOB_EXAMPLE = {**JOB_EXAMPLE, "status": "queued", "started_at": None, "attempts": 0, "worker": None,
+                      "progress": {"step": 0, "total_steps": None, "epoch": 0.0, "percent": 0.0, "eta_seconds": None},
+                      "metrics": {"train_loss": None, "trained_tokens": 0, "tokens_per_second": None}}
+CANCELLED_JOB_EXAMPLE = {**JOB_EXAMPLE, "status": "cancelled", "is_terminal": True, "cancel_requested": True,
+                         "finished_at": FINISHED_AT}
+EVENT_EXAMPLE = {"object": "training.job.event", "id": 42, "created_at": FINISHED_AT, "level": "info",
+                 "type": "progress", "message": "Step 120 of 200, loss 1.8412.",
+                 "data": {"step": 120, "total_steps": 200, "train_loss": 1.8412, "learning_rate": 0.00012}}
+CHECKPOINT_EXAMPLE = {"object": "training.job.checkpoint", "id": "checkpoint-100", "step": 100,
+                      "created_at": STARTED_AT, "metrics": {"train_loss": 1.9735, "eval_loss": 2.0518}}
+USER_EXAMPLE = {"object": "user", "id": 7, "username": "maria", "role": "trainer", "disabled": False,
+                "created_at": CREATED_AT}
 
 
 def _nul_paths(value: object, path: str) -> list[str]:
@@ -105,6 +139,9 @@ class Packing(fields.Field):
 class HyperparametersSchema(InputSchema):
     """Training hyperparameters; omitted ones take the defaults shown in the job."""
 
+    class Meta(InputSchema.Meta):
+        example = HYPERPARAMETERS_EXAMPLE
+
     num_epochs = _bounded(StrictFloat, "num_epochs")
     max_steps = _bounded(fields.Integer, "max_steps", allow_none=True)
     learning_rate = _bounded(StrictFloat, "learning_rate")
@@ -154,6 +191,11 @@ def _metadata_size(value: dict) -> None:
 
 class JobCreateSchema(InputSchema):
     """A training job to submit."""
+
+    class Meta(InputSchema.Meta):
+        example = {"job_name": "citizen-faq-v1", "trainer_type": "lora", "base_model": "tiny-llama",
+                   "dataset_path": "demo-train.jsonl", "hyperparameters": HYPERPARAMETERS_EXAMPLE,
+                   "metadata": {"team": "buergerservice"}}
 
     job_name = fields.String(required=True, validate=validate.Length(min=1, max=200),
                              metadata={"example": "citizen-faq-v1"})
@@ -284,6 +326,9 @@ class JobStateSchema(ma.Schema):
 class JobSchema(JobStateSchema):
     """A training job as users see it."""
 
+    class Meta:
+        example = JOB_EXAMPLE
+
     object = fields.Constant("training.job")
     job_name = fields.String()
     trainer_type = fields.String()
@@ -309,6 +354,9 @@ class JobSchema(JobStateSchema):
 class JobListSchema(ma.Schema):
     """A page of jobs."""
 
+    class Meta:
+        example = {"object": "list", "data": [JOB_EXAMPLE], "has_more": False}
+
     object = fields.Constant("list")
     data = fields.List(fields.Nested(JobSchema))
     has_more = fields.Boolean()
@@ -324,6 +372,9 @@ class CheckpointMetricsSchema(ma.Schema):
 class CheckpointSchema(ma.Schema):
     """A complete checkpoint of a training job."""
 
+    class Meta:
+        example = CHECKPOINT_EXAMPLE
+
     object = fields.Constant("training.job.checkpoint")
     id = fields.String(metadata={"example": "checkpoint-200"})
     step = fields.Integer()
@@ -337,12 +388,18 @@ class CheckpointSchema(ma.Schema):
 class CheckpointListSchema(ma.Schema):
     """A job's checkpoints, oldest first."""
 
+    class Meta:
+        example = {"object": "list", "data": [CHECKPOINT_EXAMPLE]}
+
     object = fields.Constant("list")
     data = fields.List(fields.Nested(CheckpointSchema))
 
 
 class EventSchema(ma.Schema):
     """Something that happened to a job."""
+
+    class Meta:
+        example = EVENT_EXAMPLE
 
     object = fields.Constant("training.job.event")
     id = fields.Integer()
@@ -356,6 +413,9 @@ class EventSchema(ma.Schema):
 class EventListSchema(ma.Schema):
     """A page of a job's events."""
 
+    class Meta:
+        example = {"object": "list", "data": [EVENT_EXAMPLE], "has_more": True}
+
     object = fields.Constant("list")
     data = fields.List(fields.Nested(EventSchema))
     has_more = fields.Boolean()
@@ -364,6 +424,9 @@ class EventListSchema(ma.Schema):
 class LoginSchema(InputSchema):
     """Credentials."""
 
+    class Meta(InputSchema.Meta):
+        example = {"username": "maria", "password": "correct-horse-battery-staple"}
+
     username = fields.String(required=True, validate=validate.Length(min=1, max=64))
     password = fields.String(required=True, validate=validate.Length(min=1, max=1024), load_only=True)
 
@@ -371,11 +434,17 @@ class LoginSchema(InputSchema):
 class LogoutSchema(InputSchema):
     """Optionally the refresh token, so logging out revokes it too."""
 
+    class Meta(InputSchema.Meta):
+        example = {"refresh_token": TOKEN}
+
     refresh_token = fields.String(validate=validate.Length(max=4096))
 
 
 class TokenSchema(ma.Schema):
     """A token pair."""
+
+    class Meta:
+        example = {"access_token": TOKEN, "refresh_token": TOKEN, "token_type": "Bearer", "expires_in": 900}
 
     access_token = fields.String()
     refresh_token = fields.String()
@@ -386,6 +455,9 @@ class TokenSchema(ma.Schema):
 class UserCreateSchema(InputSchema):
     """A user to create."""
 
+    class Meta(InputSchema.Meta):
+        example = {"username": "maria", "password": "correct-horse-battery-staple", "role": "trainer"}
+
     username = fields.String(required=True, validate=validate.Regexp(
         r"^[A-Za-z0-9_.-]{3,64}$", error="Must be 3 to 64 letters, digits, '.', '_' or '-'."))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=12, max=1024))
@@ -394,6 +466,9 @@ class UserCreateSchema(InputSchema):
 
 class UserSchema(ma.Schema):
     """A user as shown to admins and to themselves."""
+
+    class Meta:
+        example = USER_EXAMPLE
 
     object = fields.Constant("user")
     id = fields.Integer()
@@ -413,6 +488,9 @@ class UserListQuerySchema(InputSchema):
 class UserListSchema(ma.Schema):
     """A page of users."""
 
+    class Meta:
+        example = {"object": "list", "data": [USER_EXAMPLE], "has_more": False}
+
     object = fields.Constant("list")
     data = fields.List(fields.Nested(UserSchema))
     has_more = fields.Boolean()
@@ -420,6 +498,10 @@ class UserListSchema(ma.Schema):
 
 class HealthSchema(ma.Schema):
     """Liveness, with the number of active jobs when PostgreSQL answers."""
+
+    class Meta:
+        example = {"status": "healthy", "service": "clara-api", "port": 8000, "active_jobs": 1,
+                   "max_concurrent_jobs": 1, "timestamp": FINISHED_AT}
 
     status = fields.String(metadata={"example": "healthy"})
     service = fields.String()
@@ -431,6 +513,9 @@ class HealthSchema(ma.Schema):
 
 class ReadySchema(ma.Schema):
     """Readiness: each dependency's check, and when one is down, the error naming it."""
+
+    class Meta:
+        example = {"status": "ready", "checks": {"database": "ok", "redis": "ok", "workers": "ok"}}
 
     status = fields.String(validate=validate.OneOf(("ready", "not_ready")))
     checks = fields.Dict(keys=fields.String(), values=fields.String(),

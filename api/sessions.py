@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from jwt.exceptions import PyJWTError
 
 from api.errors import ApiError, ErrorSchema
+from api.openapi_examples import error_example, field_error
 from api.schemas import LoginSchema, LogoutSchema, TokenSchema, UserSchema
 from auth import login_limits
 from auth.tokens import issue_tokens, revoke_session, revoke_token
@@ -25,8 +26,14 @@ blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Log in, r
 @blp.doc(security=[])
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenSchema)
-@blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password.")
-@blp.alt_response(429, schema=ErrorSchema, description="Too many failed logins; Retry-After says when to try again.")
+@blp.alt_response(401, schema=ErrorSchema, description="Wrong username or password.",
+                  example=error_example("invalid_credentials", "Wrong username or password."))
+@blp.alt_response(422, schema=ErrorSchema, description="A field is missing or invalid; the response names it.",
+                  example=field_error("password", "Missing data for required field."))
+@blp.alt_response(429, schema=ErrorSchema, description="Too many failed logins; Retry-After says when to try again.",
+                  example=error_example("too_many_requests", "Too many failed logins; try again in 60 seconds.",
+                                        retry_after=60),
+                  headers={"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}})
 def login(credentials: dict) -> dict:
     """Exchange a username and password for an access and a refresh token."""
     settings = current_app.extensions["clara_settings"]
@@ -69,6 +76,9 @@ def refresh() -> dict:
 @jwt_required()
 @blp.arguments(LogoutSchema, required=False)
 @blp.response(204)
+@blp.alt_response(422, schema=ErrorSchema, description="refresh_token is not a token Clara signed.",
+                  example=error_example("validation_error", "refresh_token: not a valid Clara token.",
+                                        fields={"refresh_token": ["Not a valid Clara token."]}))
 def logout(body: dict) -> None:
     """Revoke this login: its access token, its refresh token, and every token refreshed from them."""
     claims = get_jwt()

@@ -10,22 +10,23 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Response, current_app, request
+from flask import Response, current_app, request
 from flask_jwt_extended import current_user, jwt_required
+from flask_smorest import Blueprint
 
-from api.errors import ApiError
-from api.schemas import EventSchema
+from api.errors import ApiError, ErrorSchema
+from api.openapi_examples import field_error
+from api.schemas import EVENT_EXAMPLE, EventSchema
 from records import datasets, jobs
 from records.db import Database, DatabaseUnavailable
 from records.jobs import DATASETS, TERMINAL_STATUSES, TRAINING, JobTable
 
 logger = logging.getLogger(__name__)
 
-# Not a flask-smorest blueprint on purpose: an open stream never ends for a job that is still queued, which
-# generated requests against /api/openapi.json could not wait for. README.md documents both routes.
-blp = Blueprint("streams", __name__)
+# An open stream of a job that has not ended lasts up to CLARA_STREAM_MAX_SECONDS; the fuzzing test sets it short.
+blp = Blueprint("streams", __name__, description="Follow a training or dataset job's events as Server-Sent Events.")
 
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
@@ -33,9 +34,59 @@ RETRY_MILLISECONDS = 2000
 BATCH = 200
 _EVENT = EventSchema()
 
+_EXAMPLE_DATA = json.dumps(EVENT_EXAMPLE, separators=(",", ":"))
+_FINAL = {**EVENT_EXAMPLE, "id": 43, "type": "status", "message": "Job completed.", "data": {"status": "completed"}}
+STREAM_DESCRIPTION = f"""Server-Sent Events, one per event of the job, oldest first; the schema and example show one.
+
+The stream opens with `retry: {RETRY_MILLISECONDS}`, the reconnection delay in milliseconds. Each event is a
+block of three lines and a blank line: `id:` the event's id, `event:` its type (status, progress, log, ...) and
+`data:` the event as JSON, an Event as in GET .../events. A `: keep-alive` comment comes after
+{KEEPALIVE_SECONDS:.0f} s without events. The stream closes once the job has ended and its last event is sent,
+or after CLARA_STREAM_MAX_SECONDS; reconnect with the last id received as the Last-Event-ID header (an
+EventSource does so itself) or as `after`, and no event is lost or repeated. A job's last two events:
+
+```
+id: 42
+event: progress
+data: {_EXAMPLE_DATA}
+
+id: 43
+event: status
+data: {json.dumps(_FINAL, separators=(",", ":"))}
+```"""
+# As OpenAPI 3.2's itemSchema (and schemathesis for earlier versions) reads it: the schema of one event.
+EVENT_FRAME = {
+    "type": "object", "required": ["id", "event", "data"], "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The event's id, for Last-Event-ID."},
+        "event": {"type": "string", "description": "The event's type: status, progress, log, ..."},
+        "data": {"type": "string", "description": "The event as JSON (an Event)."},
+        "retry": {"type": "integer", "description": "The reconnection delay in milliseconds."},
+    },
+}
+_CURSOR = {"type": "integer", "minimum": 0}
+CURSOR_PARAMETERS = [
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": _CURSOR, "example": 42,
+     "description": "The id of the last event received; sent by an EventSource when it reconnects. Wins over "
+                    "`after`."},
+    {"name": "after", "in": "query", "required": False, "schema": _CURSOR, "example": 42,
+     "description": "Send only the events after this id; by default every event of the job."},
+]
+BAD_CURSOR = {"description": "Last-Event-ID or `after` is not an event id, or the query has an unknown field.",
+              "example": field_error("after", "Not a valid event id.")}
+
+
+def _documented(view: Callable) -> Callable:
+    """Document a stream route: its cursor, its event stream and its 422; 401, 404 and 503 come with every path."""
+    view = blp.alt_response(422, schema=ErrorSchema, **BAD_CURSOR)(view)
+    view = blp.response(200, EVENT_FRAME, content_type="text/event-stream", description=STREAM_DESCRIPTION,
+                        example={"id": "42", "event": "progress", "data": _EXAMPLE_DATA})(view)
+    return blp.doc(parameters=CURSOR_PARAMETERS)(view)
+
 
 @blp.route("/api/training/jobs/<uuid:job_id>/events/stream", methods=["GET"])
 @jwt_required()
+@_documented
 def training_stream(job_id: uuid.UUID) -> Response:
     """A training job's events as Server-Sent Events, until the job has ended."""
     after = _cursor()
@@ -50,6 +101,7 @@ def training_stream(job_id: uuid.UUID) -> Response:
 
 @blp.route("/api/datasets/<uuid:dataset_id>/events/stream", methods=["GET"])
 @jwt_required()
+@_documented
 def dataset_stream(dataset_id: uuid.UUID) -> Response:
     """A dataset job's events as Server-Sent Events, until the build or upload has ended."""
     after = _cursor()
@@ -74,7 +126,8 @@ def _cursor() -> int:
     for name, raw in (("Last-Event-ID", request.headers.get("Last-Event-ID")), ("after", request.args.get("after"))):
         if raw is None or raw.strip() == "":
             continue
-        if not raw.strip().isdigit():
+        # isdecimal, not isdigit: int() refuses digits such as "²", which isdigit takes.
+        if not raw.strip().isdecimal():
             raise ApiError(422, f"Invalid request. {name}: Not a valid event id.", "validation_error",
                            {"fields": {name: ["Not a valid event id."]}})
         return int(raw)

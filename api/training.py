@@ -15,8 +15,11 @@ from flask_smorest import Blueprint
 
 from api.enqueue import enqueue
 from api.errors import ApiError, ErrorSchema
+from api.openapi_examples import JOB_ID, error_example, field_error, forbidden
 from api.paths import PathRejected, resolve_base_model, resolve_dataset
 from api.schemas import (
+    CANCELLED_JOB_EXAMPLE,
+    QUEUED_JOB_EXAMPLE,
     CheckpointListSchema,
     EventListQuerySchema,
     EventListSchema,
@@ -37,6 +40,15 @@ blp = Blueprint("training", __name__, url_prefix="/api/training/jobs",
                 description="Submit, follow, cancel and download LoRA training jobs.")
 
 TRAIN_TASK = "clara.train_job"
+TRAINERS_ONLY = {"schema": ErrorSchema, "description": "Analysts follow jobs but do not run them.",
+                 "example": forbidden("admin", "trainer")}
+ENDED = {"schema": ErrorSchema, "description": "The job already ended.",
+         "example": error_example("job_not_cancellable", "The job already ended (its status is completed); there "
+                                                         "is nothing to cancel.")}
+QUOTA_EXAMPLE = error_example(
+    "quota_exceeded", "Quota exceeded: you already have 3 training jobs not yet ended, and max_active_jobs_per_user "
+                      "allows 3 per user; wait for one to end or cancel one.",
+    quota="max_active_jobs_per_user", limit=3, active=3)
 
 
 def _settings() -> Settings:
@@ -80,10 +92,15 @@ def _field_error(field: str, message: str) -> ApiError:
 @blp.route("", methods=["POST"])
 @roles_required("admin", "trainer")
 @blp.arguments(JobCreateSchema)
-@blp.response(202, JobSchema)
-@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your jobs have not ended.")
-@blp.alt_response(422, schema=ErrorSchema, description="A field is invalid; the response names it.")
-@blp.alt_response(503, schema=ErrorSchema, description="The database or the queue is down; nothing was queued.")
+@blp.response(202, JobSchema, example=QUEUED_JOB_EXAMPLE)
+@blp.alt_response(403, **TRAINERS_ONLY)
+@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your jobs have not ended.",
+                  example=QUOTA_EXAMPLE)
+@blp.alt_response(422, schema=ErrorSchema, description="A field is invalid; the response names it.",
+                  example=field_error("hyperparameters.lora_rank",
+                                      "Must be greater than or equal to 1 and less than or equal to 1024."))
+@blp.alt_response(503, schema=ErrorSchema, description="The database or the queue is down; nothing was queued.",
+                  example=error_example("broker_unavailable", "The job queue is unavailable; try again shortly."))
 def submit(body: dict) -> dict:
     """Submit a training job; it is queued for a GPU worker and answered at once."""
     settings = _settings()
@@ -190,6 +207,8 @@ def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:
 @jwt_required()
 @blp.arguments(JobListQuerySchema, location="query", unknown=ma.RAISE)
 @blp.response(200, JobListSchema)
+@blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid, or after names no job.",
+                  example=field_error("after", "No job with this id."))
 def index(query: dict) -> dict:
     """List jobs, newest first; pass the last id of a page as `after` for the next."""
     try:
@@ -212,6 +231,8 @@ def show(job_id: uuid.UUID) -> dict:
 @jwt_required()
 @blp.arguments(EventListQuerySchema, location="query", unknown=ma.RAISE)
 @blp.response(200, EventListSchema)
+@blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid; the response names it.",
+                  example=field_error("after", "Must be greater than or equal to 0."))
 def events(query: dict, job_id: uuid.UUID) -> dict:
     """A job's events in order; pass the last event id as `after` to poll for new ones."""
     _load_visible(job_id)
@@ -251,8 +272,9 @@ def _cancel(job_id: uuid.UUID, action: str) -> dict:
 
 @blp.route("/<uuid:job_id>/cancel", methods=["POST"])
 @roles_required("admin", "trainer")
-@blp.response(200, JobSchema)
-@blp.alt_response(409, schema=ErrorSchema, description="The job already ended.")
+@blp.response(200, JobSchema, example=CANCELLED_JOB_EXAMPLE)
+@blp.alt_response(403, **TRAINERS_ONLY)
+@blp.alt_response(409, **ENDED)
 def cancel(job_id: uuid.UUID) -> dict:
     """Cancel a job: a queued job never starts, a running one stops at its next step."""
     return _cancel(job_id, "training_job.cancel")
@@ -260,8 +282,9 @@ def cancel(job_id: uuid.UUID) -> dict:
 
 @blp.route("/<uuid:job_id>", methods=["DELETE"])
 @roles_required("admin", "trainer")
-@blp.response(200, JobSchema)
-@blp.alt_response(409, schema=ErrorSchema, description="The job already ended.")
+@blp.response(200, JobSchema, example=CANCELLED_JOB_EXAMPLE)
+@blp.alt_response(403, **TRAINERS_ONLY)
+@blp.alt_response(409, **ENDED)
 def delete(job_id: uuid.UUID) -> dict:
     """Cancel a job (the same as POST .../cancel); its record stays."""
     return _cancel(job_id, "training_job.delete")
@@ -270,7 +293,8 @@ def delete(job_id: uuid.UUID) -> dict:
 @blp.route("/<uuid:job_id>/adapter", methods=["GET"])
 @jwt_required()
 @blp.response(200, {"format": "binary", "type": "string"}, content_type="application/gzip")
-@blp.alt_response(409, schema=ErrorSchema, description="The job has no adapter (yet).")
+@blp.alt_response(409, schema=ErrorSchema, description="The job has no adapter (yet).",
+                  example=error_example("adapter_not_ready", f"Job {JOB_ID} has no adapter: its status is running."))
 def adapter(job_id: uuid.UUID) -> Response:
     """Download the trained adapter directory as a .tar.gz."""
     job = _load_visible(job_id)

@@ -8,16 +8,22 @@ from flask_jwt_extended import current_user
 from flask_smorest import Blueprint
 
 from api.errors import ApiError, ErrorSchema
+from api.openapi_examples import error_example, field_error, forbidden
 from api.schemas import InputSchema, UserCreateSchema, UserListQuerySchema, UserListSchema, UserSchema
 from auth.tokens import roles_required
 from auth.users import UsernameTaken, create_user, list_users, set_disabled
 from records import audit
+
+ADMINS_ONLY = {"schema": ErrorSchema, "description": "Only admins manage users.", "example": forbidden("admin")}
 
 blp = Blueprint("users", __name__, url_prefix="/api/users", description="Create, list and disable users (admins).")
 
 
 class UserUpdateSchema(InputSchema):
     """What an admin may change about a user."""
+
+    class Meta(InputSchema.Meta):
+        example = {"disabled": True}
 
     disabled = ma.fields.Boolean(required=True, metadata={"description": "A disabled user's tokens stop working."})
 
@@ -32,7 +38,12 @@ def _entry(action: str, object_id: int | None = None, **details) -> audit.Entry:
 @roles_required("admin")
 @blp.arguments(UserCreateSchema)
 @blp.response(201, UserSchema)
-@blp.alt_response(409, schema=ErrorSchema, description="The username is taken.")
+@blp.alt_response(403, **ADMINS_ONLY)
+@blp.alt_response(409, schema=ErrorSchema, description="The username is taken.",
+                  example=error_example("username_taken", "The username 'maria' is taken.",
+                                        fields={"username": ["Already taken."]}))
+@blp.alt_response(422, schema=ErrorSchema, description="A field is missing or invalid; the response names it.",
+                  example=field_error("password", "Length must be between 12 and 1024."))
 def create(body: dict) -> dict:
     """Create a user with a role among admin, trainer and analyst."""
     try:
@@ -47,6 +58,9 @@ def create(body: dict) -> dict:
 @roles_required("admin")
 @blp.arguments(UserListQuerySchema, location="query", unknown=ma.RAISE)
 @blp.response(200, UserListSchema)
+@blp.alt_response(403, **ADMINS_ONLY)
+@blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid; the response names it.",
+                  example=field_error("limit", "Must be greater than or equal to 1 and less than or equal to 200."))
 def index(query: dict) -> dict:
     """List users in creation order; pass the last id as `after` for the next page."""
     rows, has_more = list_users(current_app.extensions["clara_db"], limit=query["limit"], after=query.get("after"))
@@ -57,8 +71,13 @@ def index(query: dict) -> dict:
 @roles_required("admin")
 @blp.arguments(UserUpdateSchema)
 @blp.response(200, UserSchema)
-@blp.alt_response(404, schema=ErrorSchema, description="No such user.")
-@blp.alt_response(409, schema=ErrorSchema, description="Admins cannot disable themselves.")
+@blp.alt_response(403, **ADMINS_ONLY)
+@blp.alt_response(404, schema=ErrorSchema, description="No such user.",
+                  example=error_example("user_not_found", "No user 7."))
+@blp.alt_response(409, schema=ErrorSchema, description="Admins cannot disable themselves.",
+                  example=error_example("cannot_disable_self", "You cannot disable your own account."))
+@blp.alt_response(422, schema=ErrorSchema, description="disabled is missing or not a boolean.",
+                  example=field_error("disabled", "Missing data for required field."))
 def update(body: dict, user_id: int) -> dict:
     """Disable or enable a user; a disabled user's tokens stop working at once."""
     if user_id == current_user["id"] and body["disabled"]:

@@ -20,6 +20,7 @@ from flask import Flask
 from auth.tokens import issue_tokens
 from auth.users import create_user
 from records import datasets, jobs
+from records.jobs import DATASETS, TRAINING
 from tests.integration.conftest import PASSWORD
 
 ROLES = ("admin", "trainer", "analyst")
@@ -59,6 +60,9 @@ MATRIX: dict[tuple[str, str], tuple[str | None, Callable[[str], dict[str, Any]] 
         "job", None, {"admin": 200, "trainer": {"own": 200, "other": 404}, "analyst": 403}),
     ("GET", "/api/training/jobs/{job_id}/events"): (
         "job", None, {"admin": 200, "trainer": {"own": 200, "other": 404}, "analyst": 200}),
+    # A stream of a job that has ended sends its events and closes at once.
+    ("GET", "/api/training/jobs/{job_id}/events/stream"): (
+        "ended_job", None, {"admin": 200, "trainer": {"own": 200, "other": 404}, "analyst": 200}),
     ("GET", "/api/training/jobs/{job_id}/checkpoints"): (
         "job", None, {"admin": 200, "trainer": {"own": 200, "other": 404}, "analyst": 200}),
     ("POST", "/api/training/jobs/{job_id}/cancel"): (
@@ -76,6 +80,7 @@ MATRIX: dict[tuple[str, str], tuple[str | None, Callable[[str], dict[str, Any]] 
     ("DELETE", "/api/datasets/{dataset_id}"): (
         "dataset", None, {"admin": 204, "trainer": {"own": 204, "other": 403}, "analyst": {"own": 204, "other": 403}}),
     ("GET", "/api/datasets/{dataset_id}/events"): ("dataset", None, _same(200)),
+    ("GET", "/api/datasets/{dataset_id}/events/stream"): ("ended_dataset", None, _same(200)),
     ("GET", "/api/datasets/{dataset_id}/preview"): ("dataset", None, _same(409)),
     ("GET", "/api/datasets/{dataset_id}/files/{file_format}"): ("dataset", None, _same(409)),
     ("POST", "/api/datasets/{dataset_id}/cancel"): (
@@ -104,6 +109,17 @@ def test_routes_without_security_in_the_document_are_exactly_the_public_ones(cli
     assert public == PUBLIC
 
 
+def test_every_status_of_the_matrix_is_documented(client):
+    spec = client.get("/api/openapi.json").get_json()
+    undocumented = []
+    for (method, path), (_kind, _body, expected) in MATRIX.items():
+        listed = set(spec["paths"][path][method.lower()]["responses"])
+        statuses = {status for cell in expected.values() for status in (cell.values() if isinstance(cell, dict)
+                                                                         else [cell])}
+        undocumented += [f"{method} {path} {status}" for status in sorted(statuses) if str(status) not in listed]
+    assert not undocumented, f"statuses the matrix expects but the document does not list: {undocumented}"
+
+
 class World:
     """Users of each role plus another trainer, and fresh objects owned by any of them."""
 
@@ -119,8 +135,15 @@ class World:
             return issue_tokens(self.users[who])
 
     def make(self, kind: str, who: str) -> str:
-        """A new object of this kind owned by `who`: a pending job or dataset, or the user itself."""
+        """A new object of this kind owned by `who`: a pending (or ended) job or dataset, or the user itself."""
         owner = self.users[who]["id"]
+        if kind.startswith("ended_"):
+            object_id = self.make(kind.removeprefix("ended_"), who)
+            table = TRAINING if kind == "ended_job" else DATASETS
+            with self.db.transaction() as cur:
+                cur.execute(table.query("UPDATE {table} SET status = 'cancelled', finished_at = now() WHERE id = %s"),
+                            (object_id,))
+            return object_id
         if kind == "job":
             return str(jobs.create_job(self.db, job_name="m", trainer_type="lora", base_model="m",
                                        dataset_path="d.jsonl", hyperparameters={}, metadata={}, owner_id=owner)["id"])
@@ -133,7 +156,7 @@ class World:
 def _path(template: str, kind: str | None, object_id: str | None) -> str:
     names = {"job": "{job_id}", "dataset": "{dataset_id}", "user": "{user_id}"}
     path = template.replace("{file_format}", "jsonl")
-    return path.replace(names[kind], object_id) if kind else path
+    return path.replace(names[kind.removeprefix("ended_")], object_id) if kind else path
 
 
 def _cells(expected: dict[str, Any], kind: str | None) -> list[tuple[str, str, int]]:

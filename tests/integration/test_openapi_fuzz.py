@@ -49,6 +49,12 @@ CHECKS = [not_a_server_error, status_code_conformance, status_code_listed, conte
 
 
 @pytest.fixture
+def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
+    """The event stream of the queued job closes after a second, as it would after CLARA_STREAM_MAX_SECONDS."""
+    return {**settings_overrides, "stream_max_seconds": 1}
+
+
+@pytest.fixture
 def known_ids(db: Database, client, admin: dict[str, str], storage: dict[str, Path]) -> dict[str, list[str]]:
     """A queued job, a completed job with an adapter on disk and an uploaded dataset, for path parameters."""
     body = {"job_name": "fuzz", "base_model": "tiny-llama", "dataset_path": "demo-train.jsonl",

@@ -153,7 +153,7 @@ def test_streams_need_a_token(client, finished_job):
 
 @pytest.mark.parametrize("query,headers,field", [
     ("?after=x", {}, "after"), ("?after=-1", {}, "after"), ("", {"Last-Event-ID": "abc"}, "Last-Event-ID"),
-    ("?sneaky=1", {}, "sneaky"),
+    ("?sneaky=1", {}, "sneaky"), ("?after=%C2%B2", {}, "after"),
 ])
 def test_bad_cursors_and_unknown_parameters_are_rejected(client, trainer, finished_job, query, headers, field):
     response = client.get(f"/api/training/jobs/{finished_job}/events/stream{query}", headers={**trainer, **headers})
