@@ -179,8 +179,8 @@ def _adapter_conflicts(adapter_dir: Path, hyperparameters: dict) -> dict[str, li
         if isinstance(given, list):
             given = sorted(given)
         if given is not None and parent_value is not None and given != parent_value:
-            conflicts[f"hyperparameters.{name}"] = [f"The parent adapter has {name} {parent_value}, which a continuous job keeps; "
-                               f"leave {name} out."]
+            conflicts[f"hyperparameters.{name}"] = [
+                f"The parent adapter has {name} {parent_value}, which a continuous job keeps; leave {name} out."]
     return conflicts
 
 

@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 
 from api.errors import ApiError, ErrorSchema
 from api.openapi_examples import error_example, field_error, forbidden
-from api.schemas import InputSchema, UserCreateSchema, UserListQuerySchema, UserListSchema, UserSchema
+from api.schemas import InputSchema, StrictBoolean, UserCreateSchema, UserListQuerySchema, UserListSchema, UserSchema
 from auth.tokens import roles_required
 from auth.users import UsernameTaken, create_user, list_users, set_disabled
 from records import audit
@@ -25,7 +25,7 @@ class UserUpdateSchema(InputSchema):
     class Meta(InputSchema.Meta):
         example = {"disabled": True}
 
-    disabled = ma.fields.Boolean(required=True, metadata={"description": "A disabled user's tokens stop working."})
+    disabled = StrictBoolean(required=True, metadata={"description": "A disabled user's tokens stop working."})
 
 
 def _entry(action: str, object_id: int | None = None, **details) -> audit.Entry:

@@ -93,6 +93,17 @@ def test_admin_cannot_disable_themselves_and_unknown_users_are_404(client, admin
     assert client.patch(f"/api/users/{me['id']}", headers=admin, json={"role": "analyst"}).status_code == 422
 
 
+@pytest.mark.parametrize("value", ["yes", 1, "true", None])
+def test_disabled_must_be_a_json_boolean(client, admin, user_headers, db, value):
+    user_headers("trainer", "tom")
+    tom = next(user for user in client.get("/api/users", headers=admin).get_json()["data"] if user["username"] == "tom")
+    response = client.patch(f"/api/users/{tom['id']}", headers=admin, json={"disabled": value})
+    assert response.status_code == 422
+    assert "disabled" in response.get_json()["error"]["details"]["fields"]
+    assert not next(user for user in client.get("/api/users", headers=admin).get_json()["data"]
+                    if user["username"] == "tom")["disabled"]
+
+
 # --- Login rate limits -------------------------------------------------------------------------------------------
 
 def test_failed_logins_per_username_answer_429_with_retry_after(client, db):
