@@ -130,6 +130,8 @@ class Settings:
     """Failed logins from one client address within the window before its logins answer 429."""
     login_failure_window_seconds: int = 900
     """How long failed logins are counted, from the first failure."""
+    trusted_proxies: int = 0
+    """Reverse proxies in front of the API whose X-Forwarded-For and -Proto are believed; 0 believes none."""
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call the API from a browser (exact, e.g. https://clara.example.org); empty: no CORS."""
     hsts_seconds: int = 0
@@ -183,6 +185,8 @@ class Settings:
             problems.append("CLARA_WORKER_METRICS_PORT must be a port number, or 0 for none")
         if self.stream_max_seconds <= 0:
             problems.append("CLARA_STREAM_MAX_SECONDS must be positive")
+        if not 0 <= self.trusted_proxies <= 10:
+            problems.append("CLARA_TRUSTED_PROXIES must be the number of proxies in front of the API, 0 to 10")
         if self.hsts_seconds < 0:
             problems.append("CLARA_HSTS_SECONDS must not be negative")
         if self.reconcile_seconds <= 0:

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, current_app, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import structured_logs
 from api import audit, datasets, docs, health, plots, prometheus, sessions, streams, training, users
@@ -44,6 +45,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     settings = config if isinstance(config, Settings) else load(config)
     configure_logging(settings)
     app = Flask("clara", static_folder=None)
+    if settings.trusted_proxies:
+        # Login limits and the loopback rule of /metrics go by the client's address, which behind a proxy is
+        # the proxy's unless its X-Forwarded-For is believed; only as many hops as there are proxies.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         API_TITLE="Clara",

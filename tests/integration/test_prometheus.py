@@ -9,6 +9,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import create_app
 from records import jobs
 
 JOB = {"job_name": "faq", "base_model": "tiny-llama", "dataset_path": "demo-train.jsonl",
@@ -83,6 +84,13 @@ def test_without_a_token_only_loopback_may_scrape(client):
     assert response.status_code == 403 and response.get_json()["error"]["code"] == "forbidden"
 
 
+def test_behind_a_trusted_proxy_the_forwarded_client_is_not_loopback(settings_overrides):
+    client = create_app({**settings_overrides, "trusted_proxies": 1}).test_client()
+    proxied = {"environ_base": {"REMOTE_ADDR": "127.0.0.1"}}
+    assert client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.7"}, **proxied).status_code == 403
+    assert client.get("/metrics", **proxied).status_code == 200
+
+
 def test_with_a_token_every_address_needs_it(app, client):
     app.extensions["clara_settings"] = dataclasses.replace(app.extensions["clara_settings"],
                                                            metrics_token="scrape-token-0123456789")
@@ -94,7 +102,6 @@ def test_with_a_token_every_address_needs_it(app, client):
 
 
 def test_two_apps_keep_their_own_counters(app, client, settings_overrides):
-    from api import create_app
 
     other = create_app(settings_overrides)
     try:

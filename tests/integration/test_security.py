@@ -121,6 +121,24 @@ def test_failed_logins_per_username_answer_429_with_retry_after(client, db):
     assert _login(client, "ana", address="10.0.1.1").status_code == 200
 
 
+@pytest.mark.parametrize(("trusted_proxies", "counted_apart"), [(0, False), (1, True)])
+def test_login_limits_behind_a_proxy_go_by_the_forwarded_address_only_when_trusted(settings_overrides, db,
+                                                                                  trusted_proxies, counted_apart):
+    app = create_app({**settings_overrides, "login_max_failures_per_address": 3,
+                      "trusted_proxies": trusted_proxies})
+    client = app.test_client()
+    create_user(db, "ana", PASSWORD, "analyst")
+    for attempt in range(3):
+        # Every request reaches the API from the proxy at 127.0.0.1, on behalf of one client.
+        response = client.post("/api/auth/login", json={"username": f"nobody{attempt}", "password": "wrong-pass"},
+                               headers={"X-Forwarded-For": "203.0.113.7"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert response.status_code == 401
+    other_client = client.post("/api/auth/login", json={"username": "ana", "password": PASSWORD},
+                               headers={"X-Forwarded-For": "198.51.100.2"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    # Trusted, the proxy's other client has its own counter; untrusted, all of them share the proxy's.
+    assert other_client.status_code == (200 if counted_apart else 429)
+
+
 def test_failed_logins_per_address_answer_429_and_a_good_login_does_not_reset_them(settings_overrides, db):
     app = create_app({**settings_overrides, "login_max_failures_per_address": 5})
     client = app.test_client()
