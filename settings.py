@@ -138,6 +138,8 @@ class Settings:
     """max-age of Strict-Transport-Security; 0 sends none. Set it only when clients reach the API over HTTPS."""
     stream_max_seconds: int = 300
     """Longest one Server-Sent Events stream stays open; clients reconnect with Last-Event-ID and lose nothing."""
+    max_streams_per_process: int = 2
+    """Event streams one API process serves at once, each holding a thread; more answer 503 streams_busy."""
     metrics_token: str = ""
     """Bearer token GET /metrics requires; empty: /metrics answers only requests from loopback addresses."""
     worker_metrics_port: int = 0
@@ -174,7 +176,8 @@ class Settings:
                      "max_attempts", "lease_seconds", "max_concurrent_jobs", "max_request_bytes",
                      "max_dataset_bytes", "max_upload_bytes", "dataset_batch_size", "max_active_jobs_per_user",
                      "max_active_datasets_per_user", "login_max_failures_per_user",
-                     "login_max_failures_per_address", "login_failure_window_seconds", "token_cache_max_bytes"):
+                     "login_max_failures_per_address", "login_failure_window_seconds", "token_cache_max_bytes",
+                     "max_streams_per_process"):
             if getattr(self, name) <= 0:
                 problems.append(f"CLARA_{name.upper()} must be positive")
         for origin in self.cors_origins:

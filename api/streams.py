@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
-from flask import Response, current_app, request
+from flask import Flask, Response, current_app, request
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
 from api.errors import ApiError, ErrorSchema
-from api.openapi_examples import field_error
+from api.openapi_examples import error_example, field_error
 from api.schemas import EVENT_EXAMPLE, EventSchema
 from records import datasets, jobs
 from records.db import Database, DatabaseUnavailable
@@ -32,6 +33,8 @@ POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 RETRY_MILLISECONDS = 2000
 BATCH = 200
+BUSY_RETRY_SECONDS = 5
+_SLOTS_LOCK = threading.Lock()
 _EVENT = EventSchema()
 
 _EXAMPLE_DATA = json.dumps(EVENT_EXAMPLE, separators=(",", ":"))
@@ -72,6 +75,11 @@ CURSOR_PARAMETERS = [
     {"name": "after", "in": "query", "required": False, "schema": _CURSOR, "example": 42,
      "description": "Send only the events after this id; by default every event of the job."},
 ]
+BUSY = {"description": "streams_busy: this API process serves CLARA_MAX_STREAMS_PER_PROCESS streams already "
+                       "(Retry-After says when to try again; GET .../events polls instead), or the database is down.",
+        "example": error_example("streams_busy", "This API process already serves 2 event streams; poll GET "
+                                                 ".../events instead, or retry in 5 seconds."),
+        "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}}
 BAD_CURSOR = {"description": "Last-Event-ID or `after` is not an event id, or the query has an unknown field.",
               "example": field_error("after", "Not a valid event id.")}
 
@@ -79,6 +87,7 @@ BAD_CURSOR = {"description": "Last-Event-ID or `after` is not an event id, or th
 def _documented(view: Callable) -> Callable:
     """Document a stream route: its cursor, its event stream and its 422; 401, 404 and 503 come with every path."""
     view = blp.alt_response(422, schema=ErrorSchema, **BAD_CURSOR)(view)
+    view = blp.alt_response(503, schema=ErrorSchema, **BUSY)(view)
     view = blp.response(200, EVENT_FRAME, content_type="text/event-stream", description=STREAM_DESCRIPTION,
                         example={"id": "42", "event": "progress", "data": _EXAMPLE_DATA})(view)
     return blp.doc(parameters=CURSOR_PARAMETERS)(view)
@@ -136,13 +145,57 @@ def _cursor() -> int:
 
 def _stream_response(job_id: uuid.UUID, kind: JobTable, after: int) -> Response:
     """The streamed response; the generator gets what it needs as arguments, not from the request context."""
-    max_seconds = current_app.extensions["clara_settings"].stream_max_seconds
-    return Response(
-        event_stream(_db(), job_id, kind, after=after, max_seconds=max_seconds),
+    settings = current_app.extensions["clara_settings"]
+    slot = _StreamSlot(_stream_slots(current_app, settings.max_streams_per_process))
+    # Each open stream holds a server thread for minutes; past the limit the threads stay free for requests.
+    if not slot.take():
+        raise ApiError(503, f"This API process already serves {settings.max_streams_per_process} event streams; "
+                            f"poll GET .../events instead, or retry in {BUSY_RETRY_SECONDS} seconds.",
+                       "streams_busy", headers={"Retry-After": str(BUSY_RETRY_SECONDS)})
+    events = event_stream(_db(), job_id, kind, after=after, max_seconds=settings.stream_max_seconds)
+    response = Response(
+        slot.held_while(events),
         mimetype="text/event-stream",
         # Proxies such as nginx would otherwise hold events back until their buffer fills.
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # A client that goes away never exhausts the stream; the server closes the response then.
+    response.call_on_close(slot.give_back)
+    return response
+
+
+def _stream_slots(app: Flask, limit: int) -> threading.BoundedSemaphore:
+    """This app's count of streams it may still open."""
+    with _SLOTS_LOCK:
+        return app.extensions.setdefault("clara_stream_slots", threading.BoundedSemaphore(limit))
+
+
+class _StreamSlot:
+    """One stream's place among the app's streams, given back exactly once however the stream ends."""
+
+    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+        self._slots = slots
+        self._held = False
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Take a place if one is free."""
+        self._held = self._slots.acquire(blocking=False)
+        return self._held
+
+    def give_back(self) -> None:
+        """Free the place; later calls do nothing."""
+        with self._lock:
+            if self._held:
+                self._held = False
+                self._slots.release()
+
+    def held_while(self, frames: Iterator[str]) -> Iterator[str]:
+        """Yield the frames, and free the place once they are all sent."""
+        try:
+            yield from frames
+        finally:
+            self.give_back()
 
 
 def event_stream(db: Database, job_id: uuid.UUID, kind: JobTable, *, after: int, max_seconds: float,

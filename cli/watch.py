@@ -60,9 +60,11 @@ def stream_snapshots(client: Client, job_id: str, interval: float = 1.0) -> Iter
         try:
             response = client.request("GET", f"{path}/events/stream", stream=True, headers=headers)
         except ApiError as error:
-            if error.status != 404 or error.code == "job_not_found":
+            # An older server has no streams; a busy one has none free. Polling serves both.
+            no_stream = error.status == 404 and error.code != "job_not_found"
+            if not (no_stream or error.code == "streams_busy"):
                 raise
-            yield from poll_snapshots(client, job_id, interval)  # an older server without streams
+            yield from poll_snapshots(client, job_id, interval)
             return
         with response:
             for event in parse_events(response.iter_lines(decode_unicode=True)):

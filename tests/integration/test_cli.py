@@ -203,6 +203,21 @@ def test_watch_exits_non_zero_when_the_job_did_not_complete(admin_cli):
     assert "(cancelled)" in result.stdout and f"Job {job_id} ended cancelled." in result.stderr
 
 
+def test_watch_polls_when_the_api_has_no_stream_free(app, admin_cli):
+    slots = app.extensions["clara_stream_slots"] = threading.BoundedSemaphore(1)
+    assert slots.acquire(blocking=False)
+    job_id = _submit(admin_cli)
+    # The job ends while watch polls: queued with no worker, then cancelled.
+    canceller = threading.Timer(1.5, lambda: admin_cli("jobs", "cancel", job_id))
+    canceller.start()
+    try:
+        result = admin_cli("jobs", "watch", job_id)
+    finally:
+        canceller.join()
+    _fails_cleanly(result)
+    assert f"Job {job_id} ended cancelled." in result.stderr
+
+
 def test_bad_field_prints_the_api_message_without_a_traceback(admin_cli):
     result = admin_cli("jobs", "submit", str(CONFIGS / "lora-tiny.yaml"), "--set", "hyperparameters.lora_rank=0")
     _fails_cleanly(result)

@@ -180,3 +180,23 @@ def test_a_dataset_streams_its_events_and_closes(client, db, analyst, trainer):
     assert [e["event"] for e in events] == ["status", "progress", "status"]
     missing = client.get(f"/api/datasets/{uuid.uuid4()}/events/stream", headers=analyst)
     assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "dataset_not_found"
+
+
+def test_streams_past_the_limit_answer_503_and_a_closed_one_frees_its_slot(settings_overrides, db, user_headers):
+    from api import create_app
+
+    app = create_app({**settings_overrides, "max_streams_per_process": 1})
+    client = app.test_client()
+    admin = user_headers("admin")
+    # A running job, so its stream stays open until this test closes it.
+    job_id = _job(app.extensions["clara_db"], client.get("/api/auth/me", headers=admin).get_json()["id"])
+    url = f"/api/training/jobs/{job_id}/events/stream"
+    first = client.get(url, headers=admin, buffered=False)
+    assert first.status_code == 200
+    busy = client.get(url, headers=admin)
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
+    assert busy.get_json()["error"]["code"] == "streams_busy"
+    first.close()
+    second = client.get(url, headers=admin, buffered=False)
+    assert second.status_code == 200
+    second.close()
