@@ -155,9 +155,22 @@ def bench_build(context: SourceContext) -> dict:
     read = manifest["counts"]["read"]
     stage_rates = {stage: round(read / secs, 1) if secs else None for stage, secs in manifest["seconds"].items()}
     return {"documents": read, "seconds": round(seconds, 3), "docs_per_second": round(read / seconds, 1),
-            "target_seconds": 120, "counts": manifest["counts"], "removed": manifest["removed"],
+            "target_seconds": 120, "peak_memory_mb": _peak_memory_mb(), "target_peak_memory_mb": 2048,
+            "counts": manifest["counts"], "removed": manifest["removed"],
             "redactions": manifest["redactions"], "stage_seconds": manifest["seconds"],
             "stage_docs_per_second": stage_rates}
+
+
+def _peak_memory_mb() -> float:
+    """Peak resident memory of this process since it started, in MB."""
+    # VmHWM belongs to the process image, so it starts afresh at exec. ru_maxrss does not: it keeps the
+    # peak of the parent at fork time, which would charge the build with this script's corpus copies.
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _no_uploads(dataset_id: str) -> Path:
@@ -194,8 +207,6 @@ def main() -> int:
     # A fresh process, so its peak memory is the build's alone and not this script's corpus copies.
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         results["build"] = pool.apply(bench_build, (context,))
-    results["build"]["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
-    results["build"]["target_peak_memory_mb"] = 2048
     print("build", {k: v for k, v in results["build"].items() if k in ("seconds", "docs_per_second", "peak_memory_mb")})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
