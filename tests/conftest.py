@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,13 @@ ADMIN_DATABASE_URL = os.environ.get("CLARA_TEST_ADMIN_DATABASE_URL", "postgresql
 REDIS_BASE_URL = os.environ.get("CLARA_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-signing"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _database_url(name: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from typing import Any
 
 import pytest
 import requests
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "e2e-admin-password-long-enough"
@@ -84,12 +85,6 @@ class WorkerMetrics:
         return sum(sample.value for sample in self.matching(name, **labels))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _environment(settings: dict[str, Any], port: int) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("CLARA_")}
     env.update({f"CLARA_{key.upper()}": str(value) for key, value in settings.items()})
@@ -114,9 +109,9 @@ def _stop(process: subprocess.Popen) -> None:
 @pytest.fixture
 def stack(settings_overrides: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
     """Start `python -m api` and `celery -A tasks worker -Q gpu`, wait until /ready answers 200."""
-    port = _free_port()
+    port = free_port()
     env = _environment(settings_overrides, port)
-    env["CLARA_WORKER_METRICS_PORT"] = str(_free_port())
+    env["CLARA_WORKER_METRICS_PORT"] = str(free_port())
     logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker")}
     commands = {
         "api": [sys.executable, "-m", "api"],

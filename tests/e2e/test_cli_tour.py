@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 from matplotlib import image
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "e2e-admin-password-long-enough"
@@ -51,14 +52,8 @@ def test_login_submit_watch_download_and_plot(stack, tmp_path: Path) -> None:
     assert watched.returncode == 0 and "completed" in watched.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_flower_answers_401_without_credentials(stack) -> None:
-    port = _free_port()
+    port = free_port()
     flower = subprocess.Popen(
         [str(Path(sys.executable).with_name("celery")), "-A", "tasks", "flower", f"--port={port}",
          "--address=127.0.0.1", "--basic-auth=ops:flower-password-long"],

@@ -11,11 +11,12 @@ from contextlib import closing
 import psycopg2
 
 from records import migrations
-from tests.e2e.conftest import ROOT, _environment, _free_port, _stop
+from tests.conftest import free_port
+from tests.e2e.conftest import ROOT, _environment, _stop
 
 
 def test_worker_start_applies_migrations_to_an_empty_database(settings_overrides, empty_database_url, tmp_path):
-    env = _environment({**settings_overrides, "database_url": empty_database_url}, _free_port())
+    env = _environment({**settings_overrides, "database_url": empty_database_url}, free_port())
     log = tmp_path / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "gpu",
                                "--concurrency", "1", "-n", f"migrate-{uuid.uuid4().hex[:6]}@%h"],

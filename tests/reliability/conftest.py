@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import REDIS_BASE_URL, claimed_redis_db
+from tests.conftest import REDIS_BASE_URL, claimed_redis_db, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "reliability-admin-password"
@@ -43,13 +42,6 @@ TEXTS = [
     "Für den Personalausweis bringen Sie ein biometrisches Passfoto und den alten Ausweis mit.",
     "Building permit applications are checked by the planning office within three months.",
 ] * 4
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,15 +19,11 @@ import pytest
 import redis
 import requests
 
+from tests.conftest import free_port
+
 # Short enough that lapsed leases and lost messages are noticed within seconds.
 RECONCILE_SECONDS = 3
 LEASE_SECONDS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PrivateRedis:
@@ -73,7 +68,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A redis-server of this test's own."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    server = PrivateRedis(_free_port(), tmp_path / "redis.log")
+    server = PrivateRedis(free_port(), tmp_path / "redis.log")
     server.start()
     yield server
     server.kill()

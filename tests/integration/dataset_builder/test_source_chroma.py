@@ -1,13 +1,15 @@
-"""The chroma source on an embedded PersistentClient with the offline all-MiniLM-L6-v2 embeddings."""
+"""The chroma source with the offline all-MiniLM-L6-v2 embeddings, on an embedded PersistentClient and
+through the HTTP client against a real Chroma server (CLARA_CHROMA_URL)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
@@ -32,6 +34,24 @@ RECORDS = {
     "benefits": ("Unemployment benefit is paid to people who are able to work and in need of support.",
                  {"law": "SGB II", "year": 2005}),
 }
+
+
+@pytest.fixture(params=["embedded", "server"])
+def make_context(request: pytest.FixtureRequest,
+                 make_context: Callable[..., SourceContext]) -> Iterator[Callable[..., SourceContext]]:
+    """Contexts on the embedded client, or on the HTTP client of the shared server, emptied afterwards."""
+    if request.param == "embedded":
+        yield make_context
+        return
+    url = request.getfixturevalue("chroma_server_url")
+
+    def _make(**overrides: Any) -> SourceContext:
+        return make_context(**{"chroma_url": url, **overrides})
+
+    yield _make
+    client = chroma_client(_make())
+    for collection in client.list_collections():
+        client.delete_collection(collection.name)
 
 
 @pytest.fixture
@@ -164,3 +184,14 @@ def test_embedding_function_gives_unit_vectors_from_one_model(tmp_path: Path) ->
     assert len(vectors) == 3 and all(vector.shape == (384,) for vector in vectors)
     assert all(abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4 for vector in vectors)
     assert load_model() is load_model()
+
+
+def test_records_live_where_the_context_points(context: SourceContext) -> None:
+    # With a server URL nothing may be written locally: the HTTP client, not the embedded one, was used.
+    if context.chroma_url:
+        assert not Path(context.chroma_path).exists()
+        response = requests.get(f"{context.chroma_url}/api/v2/tenants/default_tenant/databases/default_database"
+                                "/collections", timeout=10)
+        assert [collection["name"] for collection in response.json()] == ["documents"]
+    else:
+        assert Path(context.chroma_path).is_dir()
