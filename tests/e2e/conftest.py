@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "e2e-admin-password-long-enough"
@@ -96,16 +96,6 @@ def _environment(settings: dict[str, Any], port: int) -> dict[str, str]:
     return env
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
 def stack(settings_overrides: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
     """Start `python -m api` and `celery -A tasks worker -Q gpu`, wait until /ready answers 200."""
@@ -132,7 +122,7 @@ def stack(settings_overrides: dict[str, Any], tmp_path: Path, request: pytest.Fi
         yield stack
     finally:
         for process in processes.values():
-            _stop(process)
+            stop_process(process)
         if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
             for name, path in logs.items():
                 print(f"----- {name} log -----\n{path.read_text()[-8000:]}")

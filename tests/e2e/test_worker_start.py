@@ -11,8 +11,8 @@ from contextlib import closing
 import psycopg2
 
 from records import migrations
-from tests.conftest import free_port
-from tests.e2e.conftest import ROOT, _environment, _stop
+from tests.conftest import free_port, stop_process
+from tests.e2e.conftest import ROOT, _environment
 
 
 def test_worker_start_applies_migrations_to_an_empty_database(settings_overrides, empty_database_url, tmp_path):
@@ -34,4 +34,4 @@ def test_worker_start_applies_migrations_to_an_empty_database(settings_overrides
                     versions = [row[0] for row in cur.fetchall()]
         assert versions == expected, log.read_text()[-3000:]
     finally:
-        _stop(worker)
+        stop_process(worker)

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from dataset_builder.sources import DocumentTable, SourceContext
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 
 CHROMA_START_TIMEOUT = 60
 
@@ -70,9 +70,5 @@ def chroma_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             time.sleep(0.2)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, timeout=10)
         log.close()
