@@ -162,12 +162,12 @@ class Stack:
         self._spawn("api", [sys.executable, "-m", "api"])
         self._wait(lambda: requests.get(f"{self.url}/health", timeout=5).status_code == 200, "api")
 
-    def start_workers(self, *names: str) -> None:
-        """Start training workers (`celery -A tasks worker -Q gpu`, one child each) and wait until they consume."""
+    def start_workers(self, *names: str, queue: str = "gpu") -> None:
+        """Start workers of a queue (`celery -A tasks worker -Q gpu`, one child each) and wait until they consume."""
         marks = {}
         for name in names:
             marks[name] = self.log(name).stat().st_size if self.log(name).exists() else 0
-            self._spawn(name, [str(Path(sys.executable).with_name("celery")), "-A", "tasks", "worker", "-Q", "gpu",
+            self._spawn(name, [str(Path(sys.executable).with_name("celery")), "-A", "tasks", "worker", "-Q", queue,
                                "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
                                "-n", f"{name}@%h"])
         for name in names:
