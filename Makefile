@@ -64,7 +64,8 @@ worker-cpu: install
 
 flower: install
 	@test -n "$$CLARA_FLOWER_BASIC_AUTH" || { echo "Set CLARA_FLOWER_BASIC_AUTH=user:password first; Flower never runs open."; exit 1; }
-	$(VENV)/bin/celery -A tasks flower --port=5555 --address=127.0.0.1 --basic-auth="$$CLARA_FLOWER_BASIC_AUTH"
+	@# Through Flower's FLOWER_BASIC_AUTH variable, not --basic-auth: a command line shows in every user's ps.
+	FLOWER_BASIC_AUTH="$$CLARA_FLOWER_BASIC_AUTH" $(VENV)/bin/celery -A tasks flower --port=5555 --address=127.0.0.1
 
 tiny-model: install
 	$(PY) -m trainers.tiny_model var/models/tiny-llama --corpus examples/demo-train.jsonl

@@ -19,12 +19,19 @@ TASK_ROUTES = {
 }
 
 
+def _time_limits(limit: float) -> dict[str, float]:
+    """Celery's soft and hard time limits for a task that stops itself at `limit` seconds."""
+    return {"soft_time_limit": limit + SOFT_LIMIT_MARGIN_SECONDS,
+            "time_limit": limit + SOFT_LIMIT_MARGIN_SECONDS + HARD_LIMIT_MARGIN_SECONDS}
+
+
 def build(settings: Settings) -> dict[str, Any]:
     """Return the Celery configuration for these settings."""
     # Redis redelivers an unacknowledged task after the visibility timeout; it must outlast every job,
     # and it must be set for both the broker and the result backend (celery#7651).
+    longest = max(settings.job_time_limit, settings.dataset_time_limit)
     transport: dict[str, Any] = {
-        "visibility_timeout": settings.visibility_timeout or settings.job_time_limit + VISIBILITY_MARGIN_SECONDS}
+        "visibility_timeout": settings.visibility_timeout or int(longest) + VISIBILITY_MARGIN_SECONDS}
     if settings.visibility_timeout:
         # A shortened timeout (tests) is only seen if workers look for overdue tasks well within it;
         # kombu's default sweep runs every 100 seconds.
@@ -42,10 +49,9 @@ def build(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_routes": TASK_ROUTES,
         "task_annotations": {
-            "clara.train_job": {
-                "soft_time_limit": settings.job_time_limit + SOFT_LIMIT_MARGIN_SECONDS,
-                "time_limit": settings.job_time_limit + SOFT_LIMIT_MARGIN_SECONDS + HARD_LIMIT_MARGIN_SECONDS,
-            },
+            "clara.train_job": _time_limits(settings.job_time_limit),
+            # A build checks its own deadline between batches; these catch a batch that never ends.
+            "clara.build_dataset": _time_limits(settings.dataset_time_limit),
         },
         "task_default_queue": "cpu",
         # A training task is acknowledged only when it ends, and goes back to the queue if its

@@ -23,6 +23,8 @@ ENVIRONMENTS = ("development", "production", "testing")
 # A default that is published in the source code is no secret: production refuses it.
 DEVELOPMENT_SECRET = "clara-development-secret-do-not-use-in-production"
 MIN_SECRET_LENGTH = 32
+# Passwords the API stores (user creation, changes, resets, the bootstrap admin) are at least this long.
+MIN_PASSWORD_LENGTH = 12
 PREFIX = "CLARA_"
 
 
@@ -41,11 +43,15 @@ class Settings:
     env: str = "development"
     """development, production or testing; production refuses insecure defaults."""
     secret_key: str = DEVELOPMENT_SECRET
-    """Signs JWTs (HS256). At least 32 characters and not the default in production."""
+    """Signs JWTs (HS256); only the API needs it. At least 32 characters and not the default in production."""
     database_url: str = "postgresql://postgres@127.0.0.1:5432/clara"
     """PostgreSQL, the system of record for users, jobs and events."""
+    database_pool_size: int = 8
+    """PostgreSQL connections per API process; under gunicorn at least --threads, as each worker has its own pool."""
+    database_pool_timeout: float = 10.0
+    """Seconds a request waits for a free pooled connection before it answers 503 database_busy."""
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis: Celery broker, result backend and token blocklist."""
+    """Redis: Celery broker, result backend and failed-login counters (revocations live in PostgreSQL)."""
     api_host: str = "127.0.0.1"
     """Address `python -m api` listens on."""
     api_port: int = 45680
@@ -62,8 +68,14 @@ class Settings:
     """Encoded datasets, reused while data, tokenizer and settings match. Local to each host is fine."""
     token_cache_max_bytes: int = 20 * 2**30
     """Size the token cache (<cache_dir>/tokens) is pruned to after each training job, least recently used first."""
-    allow_hub_models: bool = True
-    """Accept a Hugging Face hub id as base_model when no local directory has that name."""
+    allow_hub_models: bool = False
+    """Accept a hub id from hub_model_allowlist as base_model when no local directory has that name; off by default."""
+    hub_model_allowlist: tuple[str, ...] = ()
+    """Hub ids (owner/name) jobs may train on when allow_hub_models is on; empty: none."""
+    max_evaluations_per_run: int = 200
+    """Evaluations one training run makes at most; a smaller eval_steps is raised to ceil(steps / this)."""
+    max_checkpoints_per_run: int = 100
+    """Checkpoints one training run saves at most; a smaller save_steps is raised to ceil(steps / this)."""
     bootstrap_admin_password: str = ""
     """When set and no user exists, the first start creates user admin with this password."""
     access_token_minutes: int = 15
@@ -118,12 +130,32 @@ class Settings:
     """Neo4j password."""
     dataset_batch_size: int = 1000
     """Documents a dataset build handles at a time; bounds its memory."""
+    max_record_bytes: int = 1024**2
+    """Largest single record (an upload's line or row, or a build's rendered record), in bytes of UTF-8 text."""
+    max_upload_decompressed_bytes: int = 2 * 1024**3
+    """Most bytes an uploaded Parquet file's column chunks may decode to, by its footer; more answer 422."""
+    dataset_time_limit: float = 6 * 3600
+    """Longest a dataset build or upload job may run, in seconds; then it ends failed (time_limit)."""
+    csv_escape_formulas: bool = True
+    """Prefix CSV export cells starting with =, +, - or @ with a single quote, so spreadsheets show them as text."""
+    source_allowlist: tuple[str, ...] = ()
+    """What builds may read, as postgres:<table>,chroma:<collection>,neo4j:<label>; empty: no restriction."""
     flower_basic_auth: str = ""
     """user:password for Flower; `make flower` refuses to start without it."""
     max_active_jobs_per_user: int = 10
     """Training jobs one user (admins too) may have pending, queued or running; more answer 409 quota_exceeded."""
     max_active_datasets_per_user: int = 5
     """Dataset builds one user (admins too) may have pending, queued or running; more answer 409 quota_exceeded."""
+    storage_quota_bytes_per_user: int = 200 * 2**30
+    """Bytes one user's datasets, uploads and adapters may take; at or over it new ones answer 409 quota_exceeded."""
+    max_downloads_per_user: int = 2
+    """Adapter downloads one user may have in progress at once; more answer 429 too_many_downloads."""
+    checkpoint_retention_hours: int = 168
+    """Hours a finished job's checkpoints are kept before the reconciler deletes them; the adapter is kept."""
+    max_plot_points: int = 1000
+    """Training-loss points /metrics and loss.png read at most, evenly spaced by step; the last is always kept."""
+    submit_sample_records: int = 1000
+    """Records of a dataset checked when a job is submitted; the worker checks the whole file before training."""
     login_max_failures_per_user: int = 10
     """Failed logins for one username within the window before its logins answer 429."""
     login_max_failures_per_address: int = 50
@@ -140,6 +172,10 @@ class Settings:
     """Longest one Server-Sent Events stream stays open; clients reconnect with Last-Event-ID and lose nothing."""
     max_streams_per_process: int = 2
     """Event streams one API process serves at once, each holding a thread; more answer 503 streams_busy."""
+    max_streams_per_user: int = 1
+    """Event streams one user may hold open at once across all API processes (counted in Redis); more answer 429."""
+    ready_cache_seconds: float = 5.0
+    """How long an API process reuses its last /ready result, so probes cannot make it broadcast to the workers."""
     metrics_token: str = ""
     """Bearer token GET /metrics requires; empty: /metrics answers only requests from loopback addresses."""
     worker_metrics_port: int = 0
@@ -160,10 +196,9 @@ class Settings:
         if self.log_format not in LOG_FORMATS:
             problems.append(f"CLARA_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.is_production:
-            if not self.secret_key or self.secret_key == DEVELOPMENT_SECRET:
-                problems.append("CLARA_SECRET_KEY must be set to a secret of your own in production")
-            elif len(self.secret_key) < MIN_SECRET_LENGTH:
-                problems.append(f"CLARA_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters in production")
+            if self.bootstrap_admin_password and len(self.bootstrap_admin_password) < MIN_PASSWORD_LENGTH:
+                problems.append(f"CLARA_BOOTSTRAP_ADMIN_PASSWORD must be at least {MIN_PASSWORD_LENGTH} characters"
+                                " in production")
             if self.flower_basic_auth and ":" not in self.flower_basic_auth:
                 problems.append("CLARA_FLOWER_BASIC_AUTH must look like user:password")
             if "*" in self.cors_origins:
@@ -177,7 +212,9 @@ class Settings:
                      "max_dataset_bytes", "max_upload_bytes", "dataset_batch_size", "max_active_jobs_per_user",
                      "max_active_datasets_per_user", "login_max_failures_per_user",
                      "login_max_failures_per_address", "login_failure_window_seconds", "token_cache_max_bytes",
-                     "max_streams_per_process"):
+                     "max_streams_per_process", "storage_quota_bytes_per_user", "max_downloads_per_user",
+                     "checkpoint_retention_hours", "max_plot_points", "submit_sample_records",
+                     "max_evaluations_per_run", "max_checkpoints_per_run"):
             if getattr(self, name) <= 0:
                 problems.append(f"CLARA_{name.upper()} must be positive")
         for origin in self.cors_origins:
@@ -186,12 +223,23 @@ class Settings:
                 problems.append(f"CLARA_CORS_ORIGINS entries must look like https://host[:port], not {origin!r}")
         if not 0 <= self.worker_metrics_port <= 65535:
             problems.append("CLARA_WORKER_METRICS_PORT must be a port number, or 0 for none")
+        for name in ("max_record_bytes", "max_upload_decompressed_bytes", "dataset_time_limit"):
+            if getattr(self, name) <= 0:
+                problems.append(f"CLARA_{name.upper()} must be positive")
+        for entry in self.source_allowlist:
+            kind, _, name = entry.partition(":")
+            if kind not in ("postgres", "chroma", "neo4j") or not name.strip():
+                problems.append(f"CLARA_SOURCE_ALLOWLIST entries must look like postgres:<table>, "
+                                f"chroma:<collection> or neo4j:<label>, not {entry!r}")
         if self.stream_max_seconds <= 0:
             problems.append("CLARA_STREAM_MAX_SECONDS must be positive")
         if not 0 <= self.trusted_proxies <= 10:
             problems.append("CLARA_TRUSTED_PROXIES must be the number of proxies in front of the API, 0 to 10")
         if self.hsts_seconds < 0:
             problems.append("CLARA_HSTS_SECONDS must not be negative")
+        if self.checkpoints_dir == self.output_dir:
+            # Checkpoint retention deletes <checkpoints_dir>/<job id>/, which must never be the adapter.
+            problems.append("CLARA_CHECKPOINTS_DIR must differ from CLARA_OUTPUT_DIR")
         if self.reconcile_seconds <= 0:
             problems.append("CLARA_RECONCILE_SECONDS must be positive")
         if self.visibility_timeout < 0:
@@ -200,9 +248,29 @@ class Settings:
             # A delivery that finds a live lease waits up to a lease in the broker; past the visibility timeout
             # Redis would hand that waiting task out again and again (kombu#337).
             problems.append("CLARA_VISIBILITY_TIMEOUT must be more than twice CLARA_LEASE_SECONDS")
-        for name in ("broker_timeout", "ready_timeout"):
+        for name in ("broker_timeout", "ready_timeout", "database_pool_timeout", "database_pool_size",
+                     "max_streams_per_user"):
             if getattr(self, name) <= 0:
                 problems.append(f"CLARA_{name.upper()} must be positive")
+        if self.ready_cache_seconds < 0:
+            problems.append("CLARA_READY_CACHE_SECONDS must not be negative")
+        return problems
+
+
+    def api_problems(self) -> list[str]:
+        """Problems only the API has, as it signs tokens and listens on api_host; workers and Flower never do."""
+        problems = []
+        if self.is_production:
+            if not self.secret_key or self.secret_key == DEVELOPMENT_SECRET:
+                problems.append("CLARA_SECRET_KEY must be set to a secret of your own in production")
+            elif len(self.secret_key) < MIN_SECRET_LENGTH:
+                problems.append(f"CLARA_SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters in production")
+        elif not self.secret_key:
+            problems.append("CLARA_SECRET_KEY must not be empty")
+        elif self.env == "development" and self.secret_key == DEVELOPMENT_SECRET and not is_loopback(self.api_host):
+            # Anyone who can reach the API could sign themselves an admin token with the published secret.
+            problems.append("CLARA_API_HOST other than loopback needs a CLARA_SECRET_KEY of your own, even in"
+                            " development: the default one is published")
         return problems
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,8 @@ _BODY_METHODS = ("POST", "PUT", "PATCH")
 _NO_DATABASE_PATHS = ("/health", "/ready", "/api/openapi.json", "/metrics")
 _NO_DATABASE_PREFIX = "/api/docs"
 UPLOAD_PATH = "/api/datasets/upload"
+# No request schema nests deeper than a few levels; metadata is free-form, so leave it room.
+MAX_JSON_DEPTH = 32
 # Every response is JSON or a download: nothing may run, be framed or leak where it came from.
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -63,7 +66,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_URL=docs.ASSETS_URL,
     )
     app.extensions["clara_settings"] = settings
-    app.extensions["clara_db"] = Database(settings.database_url)
+    app.extensions["clara_db"] = Database(settings.database_url, max_connections=settings.database_pool_size,
+                                          pool_timeout=settings.database_pool_timeout)
     app.extensions["clara_redis"] = redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
     app.extensions["clara_celery"] = make_celery(settings, set_as_current=False)
@@ -120,6 +124,31 @@ def _cors_headers(response: Response) -> Response:
     return response
 
 
+def json_body_problem(body: bytes) -> str | None:
+    """Why a JSON body cannot be taken, or None; checked before any view, as the parser raises more than it says.
+
+    json.loads raises RecursionError on deeply nested arrays and ValueError on integers of more than 4,300
+    digits, neither of which webargs turns into a 400; a body nested just under the parser's limit would
+    still exhaust the stack in the schemas, so nesting is capped well below it.
+    """
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        return f"nested more than {MAX_JSON_DEPTH} levels deep"
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, or an over-long integer.
+        return str(exc).split("\n", 1)[0][:200]
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"nested more than {MAX_JSON_DEPTH} levels deep"
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+    return None
+
+
 def _prepare_database(app: Flask) -> bool:
     """Apply migrations and create the first admin; False when PostgreSQL is not reachable yet."""
     db = app.extensions["clara_db"]
@@ -145,6 +174,10 @@ def _before_request() -> None:
     elif request.method in _BODY_METHODS and request.content_length and not request.is_json:
         raise ApiError(415, "The request body must be JSON (Content-Type: application/json).",
                        "unsupported_media_type")
+    elif request.method in _BODY_METHODS and request.content_length:
+        problem = json_body_problem(request.get_data(cache=True))
+        if problem:
+            raise ApiError(400, f"The request body is not valid JSON: {problem}.", "invalid_json")
     needs_database = request.path not in _NO_DATABASE_PATHS and not request.path.startswith(_NO_DATABASE_PREFIX)
     if not current_app.extensions["clara_schema_ready"] and needs_database:
         if not _prepare_database(current_app):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import marshmallow as ma
 from marshmallow import fields, validate
 
@@ -32,10 +34,12 @@ DATASET_EXAMPLE = {
                  "records": {"train": 1900, "validation": 100}, "token_estimate": 1250000,
                  "files": {"jsonl": {"train": _FILE, "validation": {**_FILE, "path": "validation.jsonl",
                                                                     "records": 100, "bytes": 151270}}}},
+    "size_bytes": 3025383,
 }
 
 QUEUED_DATASET_EXAMPLE = {**DATASET_EXAMPLE, "status": "queued", "is_terminal": False, "started_at": None,
-                          "finished_at": None, "attempts": 0, "worker": None, "progress": {}, "manifest": None}
+                          "finished_at": None, "attempts": 0, "worker": None, "progress": {}, "manifest": None,
+                          "size_bytes": None}
 UPLOADED_DATASET_EXAMPLE = {
     **DATASET_EXAMPLE, "name": "buergerservice-faq", "description": "", "kind": "upload", "started_at": CREATED_AT,
     "finished_at": CREATED_AT, "attempts": 0, "worker": None, "progress": {},
@@ -44,7 +48,28 @@ UPLOADED_DATASET_EXAMPLE = {
                  "records": {"train": 60, "validation": 0}, "token_estimate": 4977,
                  "source": {"type": "upload", "filename": "buergerservice-faq.jsonl", "format": "jsonl"},
                  "files": {"jsonl": {"train": {**_FILE, "records": 60, "bytes": 24369}}}},
+    "size_bytes": 48738,
 }
+QUEUED_UPLOAD_EXAMPLE = {**UPLOADED_DATASET_EXAMPLE, "status": "queued", "is_terminal": False, "started_at": None,
+                         "finished_at": None, "manifest": None, "size_bytes": None}
+"""What POST /api/datasets/upload answers: the dataset, queued for a CPU worker to check and store."""
+
+
+def printable(text: str) -> str:
+    """Text without control or format characters (newlines, tabs, NUL, bidi overrides)."""
+    return "".join(char for char in text if not unicodedata.category(char).startswith("C"))
+
+
+def download_stem(name: str) -> str:
+    """A dataset name made safe as a download's file name: printable, no path separators or quotes."""
+    stem = printable(name).translate(str.maketrans({"/": "_", "\\": "_", '"': "_"})).strip(" .")
+    return stem[:150] or "dataset"
+
+
+def _no_control_characters(value: str) -> None:
+    """Refuse a name with control characters: it would break headers and file names."""
+    if printable(value) != value:
+        raise ma.ValidationError("Must not contain control characters such as newlines or tabs.")
 
 class DatasetCreateSchema(InputSchema):
     """A dataset build. The builder checks the parts in depth and names every bad field."""
@@ -52,7 +77,7 @@ class DatasetCreateSchema(InputSchema):
     class Meta(InputSchema.Meta):
         example = BUILD_EXAMPLE
 
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200),
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=200), _no_control_characters],
                          metadata={"example": "gesetze-de"})
     description = fields.String(load_default="", validate=validate.Length(max=2000))
     sources = fields.List(fields.Dict(), required=True, validate=validate.Length(min=1, max=20), metadata={
@@ -91,7 +116,7 @@ class FileQuerySchema(InputSchema):
 class UploadFormSchema(InputSchema):
     """The form fields that come with an uploaded file."""
 
-    name = fields.String(validate=validate.Length(min=1, max=200))
+    name = fields.String(validate=[validate.Length(min=1, max=200), _no_control_characters])
     description = fields.String(load_default="", validate=validate.Length(max=2000))
     format = fields.String(validate=validate.OneOf(FILE_FORMATS),
                            metadata={"description": "The file's format; by default its extension."})
@@ -119,6 +144,8 @@ class DatasetSchema(JobStateSchema):
     spec = fields.Dict()
     progress = fields.Dict()
     manifest = fields.Dict(allow_none=True)
+    size_bytes = fields.Integer(allow_none=True, metadata={
+        "description": "Bytes the dataset's files take, counted against the owner's storage quota; null until built."})
 
 
 class DatasetListSchema(ma.Schema):

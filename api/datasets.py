@@ -15,8 +15,8 @@ from flask_smorest import Blueprint
 
 from api.dataset_schemas import (
     QUEUED_DATASET_EXAMPLE,
+    QUEUED_UPLOAD_EXAMPLE,
     RECORD_EXAMPLE,
-    UPLOADED_DATASET_EXAMPLE,
     DatasetCreateSchema,
     DatasetListQuerySchema,
     DatasetListSchema,
@@ -26,10 +26,13 @@ from api.dataset_schemas import (
     PreviewSchema,
     UploadFileSchema,
     UploadFormSchema,
+    download_stem,
+    printable,
 )
 from api.enqueue import enqueue
 from api.errors import ApiError, ErrorSchema
 from api.openapi_examples import DATASET_ID, error_example, field_error
+from api.quotas import STORAGE_QUOTA_EXAMPLE, require_storage
 from api.schemas import EventListQuerySchema, EventListSchema
 from api.training import quota_error
 from auth.tokens import roles_required
@@ -101,7 +104,8 @@ def spec_error(problems: list[str]) -> ApiError:
 @roles_required("admin", "trainer", "analyst")
 @blp.arguments(DatasetCreateSchema)
 @blp.response(202, DatasetSchema, example=QUEUED_DATASET_EXAMPLE)
-@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your builds have not ended.",
+@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your builds have not ended, or "
+                  "your datasets and adapters fill your storage quota (quota storage_quota_bytes_per_user).",
                   example=error_example(
                       "quota_exceeded", "Quota exceeded: you already have 2 dataset builds not yet ended, and "
                                         "max_active_datasets_per_user allows 2 per user; wait for one to end or "
@@ -113,6 +117,7 @@ def create(body: dict) -> dict:
     from dataset_builder.build import BuildSpecError, parse_spec
     from tasks.datasets import source_context
 
+    require_storage(_db(), _settings(), current_user["id"])
     try:
         parse_spec(body, source_context(_db(), _settings()))
     except BuildSpecError as exc:
@@ -219,8 +224,9 @@ def download(query: dict, dataset_id: uuid.UUID, file_format: str):
     if not path.is_relative_to(directory) or not path.is_file():
         raise ApiError(404, f"The {file_format} file of dataset {dataset_id} is no longer on disk.",
                        "dataset_missing")
+    # Names stored before control characters were refused must not break the Content-Disposition header.
     return send_file(path, mimetype=MEDIA_TYPES[file_format], as_attachment=True,
-                     download_name=f"{dataset['name']}-{query['split']}.{file_format}")
+                     download_name=f"{download_stem(dataset['name'])}-{query['split']}.{file_format}")
 
 
 @blp.route("/<uuid:dataset_id>/cancel", methods=["POST"])
@@ -251,6 +257,8 @@ def cancel(dataset_id: uuid.UUID) -> dict:
                                                           f"{DATASET_ID}; cancel it or wait."))
 def delete(dataset_id: uuid.UUID) -> None:
     """Delete a dataset and its files; a build still running is cancelled."""
+    from dataset_builder.upload_dataset import incoming_path
+
     owner = _owner_scope(_load(dataset_id))
     try:
         row = datasets.mark_deleted(_db(), dataset_id, owner, audit_entry=_entry("dataset.delete", dataset_id))
@@ -261,6 +269,8 @@ def delete(dataset_id: uuid.UUID) -> None:
         directory = Path(row["storage_path"]).resolve()
         if directory.is_relative_to(_settings().datasets_dir):
             shutil.rmtree(directory, ignore_errors=True)
+    # An upload deleted before a worker stored it.
+    incoming_path(_settings().datasets_dir, dataset_id).unlink(missing_ok=True)
     logger.info("User %s deleted dataset %s.", current_user["username"], dataset_id)
 
 
@@ -269,41 +279,71 @@ def delete(dataset_id: uuid.UUID) -> None:
 @blp.arguments(UploadFormSchema, location="form")
 @blp.arguments(UploadFileSchema, location="files", example={
     "file": UploadFileSchema.Meta.example["file"], "name": "buergerservice-faq", "format": "jsonl"})
-@blp.response(201, DatasetSchema, example=UPLOADED_DATASET_EXAMPLE)
+@blp.response(202, DatasetSchema, example=QUEUED_UPLOAD_EXAMPLE)
+@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your datasets have not ended, "
+                  "or your datasets and adapters fill your storage quota.", example=STORAGE_QUOTA_EXAMPLE)
 @blp.alt_response(413, schema=ErrorSchema, description="The file is larger than CLARA_MAX_UPLOAD_BYTES.",
                   example=error_example("payload_too_large", "The data value transmitted exceeds the capacity limit."))
-@blp.alt_response(422, schema=ErrorSchema, description="Bad records, each named by line or row and field.",
-                  example=error_example("invalid_records", "The file has bad records: line 3: field 'text' must "
-                                                           "not be empty", fields={"file": [
-                                                               "line 3: field 'text' must not be empty"]}))
+@blp.alt_response(422, schema=ErrorSchema, description="The format is unknown, the file is empty, or a Parquet "
+                  "file's footer is unreadable or promises more than the limits allow.",
+                  example=error_example("invalid_records", "The file has bad records: file: decompresses to "
+                                                           "4294967296 bytes, more than 2147483648 "
+                                                           "(max_upload_decompressed_bytes)", fields={"file": [
+                                                               "file: decompresses to 4294967296 bytes, more than "
+                                                               "2147483648 (max_upload_decompressed_bytes)"]}))
 def upload(form: dict, files: dict) -> dict:
-    """Upload a JSONL, CSV or Parquet file of training records; every record is checked before it is stored."""
-    from dataset_builder.upload_dataset import UploadRejected, store_uploaded_dataset
+    """Upload a JSONL, CSV or Parquet file of training records; a CPU worker checks every record and stores them.
 
+    The answer is the queued dataset; poll GET /api/datasets/<id> as for builds. Bad records fail the
+    dataset with code invalid_records, its message naming each by line or row and field.
+    """
+    from dataset_builder.upload_dataset import incoming_path
+
+    settings = _settings()
+    require_storage(_db(), settings, current_user["id"])
     storage = files["file"]
-    filename = Path(storage.filename or "upload").name
+    filename = printable(Path(storage.filename or "upload").name) or "upload"
     file_format = form.get("format") or filename.rsplit(".", 1)[-1].lower()
     if file_format not in MEDIA_TYPES:
         raise ApiError(422, "Invalid request. format: give a .jsonl, .csv or .parquet file, or the format field.",
                        "validation_error", {"fields": {"format": ["Must be one of jsonl, parquet, csv."]}})
+    name = form.get("name") or filename
     dataset_id = uuid.uuid4()
-    settings = _settings()
     settings.datasets_dir.mkdir(parents=True, exist_ok=True)
-    incoming = settings.datasets_dir / f"{dataset_id}.incoming"
+    incoming = incoming_path(settings.datasets_dir, dataset_id)
     try:
         storage.save(incoming)
-        manifest = store_uploaded_dataset(incoming, file_format, settings.datasets_dir / str(dataset_id),
-                                          dataset_id=str(dataset_id), name=form.get("name") or filename,
-                                          filename=filename)
-    except UploadRejected as exc:
-        raise ApiError(422, f"The file has bad records: {'; '.join(exc.problems[:5])}", "invalid_records",
-                       {"fields": {"file": exc.problems}}) from None
-    finally:
+        problems = _cheap_problems(incoming, file_format)
+        if problems:
+            raise ApiError(422, f"The file has bad records: {'; '.join(problems)}", "invalid_records",
+                           {"fields": {"file": problems}})
+        datasets.create_dataset(
+            _db(), name=name, description=form["description"], kind="upload",
+            spec={"type": "upload", "filename": filename, "format": file_format}, owner_id=current_user["id"],
+            dataset_id=dataset_id, max_active=settings.max_active_datasets_per_user,
+            audit_entry=_entry("dataset.upload", name=name, filename=filename))
+    except jobs.QuotaExceeded as exc:
         incoming.unlink(missing_ok=True)
-    datasets.create_dataset(_db(), name=form.get("name") or filename, description=form["description"], kind="upload",
-                            spec={"type": "upload", "filename": filename, "format": file_format},
-                            owner_id=current_user["id"], dataset_id=dataset_id,
-                            audit_entry=_entry("dataset.upload", name=form.get("name") or filename, filename=filename))
-    datasets.complete_upload(_db(), dataset_id, str(settings.datasets_dir / str(dataset_id)), manifest)
-    logger.info("User %s uploaded dataset %s (%s).", current_user["username"], dataset_id, filename)
+        raise quota_error("dataset builds", "max_active_datasets_per_user", exc) from None
+    except BaseException:
+        incoming.unlink(missing_ok=True)
+        raise
+    try:
+        enqueue(BUILD_TASK, dataset_id, DATASETS, name=name)
+    except ApiError:
+        incoming.unlink(missing_ok=True)
+        raise
+    logger.info("User %s uploaded %s as dataset %s; a worker checks it.", current_user["username"], filename,
+                dataset_id)
     return datasets.get_dataset(_db(), dataset_id)
+
+
+def _cheap_problems(path: Path, file_format: str) -> list[str]:
+    """What the request itself checks: an empty file, and a Parquet file's footer; workers check the records."""
+    from dataset_builder.sources.uploads import UploadLimits, parquet_problems
+
+    if path.stat().st_size == 0:
+        return ["the file holds no records"]
+    if file_format == "parquet":
+        return parquet_problems(path, UploadLimits.from_settings(_settings()))
+    return []

@@ -17,9 +17,12 @@ from flask_smorest.utils import prepare_response
 from werkzeug.exceptions import HTTPException
 
 from api.openapi_examples import SchemaExamplesPlugin, error_example, field_error, not_found
-from records.db import DatabaseUnavailable
+from records.db import DatabaseBusy, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
+
+# What a client is told to wait when this process has no free database connection.
+BUSY_RETRY_SECONDS = 2
 
 CODES = {
     400: "bad_request",
@@ -146,7 +149,9 @@ class CommonErrorsPlugin(BasePlugin):
                                                            "revoked, or its user is disabled."),
                 "404": bool(path and "{" in path) and "No such record, or the caller may not see it.",
                 "415": "application/json" in content and "The request body is not JSON.",
-                "503": path != "/health" and "PostgreSQL, Redis or the queue is unavailable.",
+                "503": path != "/health" and ("PostgreSQL, Redis or the queue is unavailable, or every database "
+                                              "connection of the API process is in use (database_busy, with "
+                                              "Retry-After)."),
             }
             documented = {str(code) for code in responses}
             for code, description in common.items():
@@ -224,6 +229,14 @@ def register_error_handlers(app: Flask) -> None:
     def _database_down(error: DatabaseUnavailable) -> ResponseReturnValue:
         logger.warning("Answering 503: %s", error)
         return error_response(503, "The database is unavailable; try again shortly.", "database_unavailable")
+
+    @app.errorhandler(DatabaseBusy)
+    def _database_busy(error: DatabaseBusy) -> ResponseReturnValue:
+        # This process is overloaded, PostgreSQL is not down: say so, and when to come back.
+        logger.warning("Answering 503: %s.", error)
+        body, status = error_response(503, "The server is busy: every database connection of this API process is "
+                                           f"in use. Retry in {BUSY_RETRY_SECONDS} seconds.", "database_busy")
+        return body, status, {"Retry-After": str(BUSY_RETRY_SECONDS)}
 
     @app.errorhandler(redis.exceptions.ConnectionError)
     @app.errorhandler(redis.exceptions.TimeoutError)

@@ -1,7 +1,8 @@
 """A training job's curves: /api/training/jobs/<id>/metrics as JSON and /api/training/jobs/<id>/loss.png.
 
 The series come from the job's progress events, which the workers write about every 5% of the steps and after
-each evaluation: they are samples of the run, not every optimizer step.
+each evaluation: they are samples of the run, not every optimizer step. A long run's series are thinned
+further, to at most max_plot_points steps each, always keeping the last.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 blp = Blueprint("training_plots", __name__, url_prefix="/api/training/jobs",
                 description="Loss, learning rate and throughput of a training job, as data and as a plot.")
 
-PAGE = 500
 TITLE_CHARACTERS = 80
 TRAIN_POINT_EXAMPLE = {"step": 120, "loss": 1.8412, "learning_rate": 0.00012, "tokens_per_second": 2048.0}
 EVAL_POINT_EXAMPLE = {"step": 100, "loss": 2.0518, "perplexity": 7.782}
@@ -84,6 +84,10 @@ def _db() -> Database:
     return current_app.extensions["clara_db"]
 
 
+def _max_points() -> int:
+    return current_app.extensions["clara_settings"].max_plot_points
+
+
 def _load_visible(job_id: uuid.UUID) -> dict[str, Any]:
     """The job if the caller may see it, as GET /api/training/jobs/<id> decides; 404 otherwise."""
     owner = current_user["id"] if current_user["role"] == "trainer" else None
@@ -93,31 +97,42 @@ def _load_visible(job_id: uuid.UUID) -> dict[str, Any]:
         raise ApiError(404, f"No training job {job_id}.", "job_not_found") from None
 
 
-def job_metrics(db: Database, job_id: uuid.UUID) -> dict[str, Any]:
-    """The job's train and eval series, one point per step (a resumed run's later report wins), and checkpoints."""
-    train: dict[int, dict[str, Any]] = {}
-    evaluations: dict[int, dict[str, Any]] = {}
-    after = 0
-    while True:
-        rows, has_more = jobs.list_events(db, job_id, after=after, limit=PAGE)
-        for row in rows:
-            after = row["id"]
-            data = row["data"] or {}
-            if row["type"] != "progress":
-                continue
-            # JobReporter.evaluated writes eval_loss, perplexity and eval_step; JobReporter.report the rest.
-            if isinstance(data.get("eval_step"), int):
-                evaluations[data["eval_step"]] = {"step": data["eval_step"], "loss": data.get("eval_loss"),
-                                                  "perplexity": data.get("perplexity")}
-            elif isinstance(data.get("step"), int):
-                train[data["step"]] = {"step": data["step"], "loss": data.get("train_loss"),
-                                       "learning_rate": data.get("learning_rate"),
-                                       "tokens_per_second": data.get("tokens_per_second")}
-        if not has_more:
-            break
+# A JSON value that is a whole, non-negative step as the workers write it; a regex, since a cast could fail.
+_STEP = "jsonb_typeof(data->'{key}') = 'number' AND data->>'{key}' ~ '^[0-9]{{1,9}}$'"
+_IS_EVAL = _STEP.format(key="eval_step")
+_IS_TRAIN = f"NOT coalesce({_IS_EVAL}, false) AND {_STEP.format(key='step')}"
+# The points of one series, at most %(points)s of them: the steps are cut into that many equal ranges and each
+# range keeps its highest step as last reported (a resumed run's later report wins), so the last step is kept.
+_SAMPLED = """
+    WITH points AS (
+        SELECT id, (data->>'{key}')::bigint AS step, data FROM job_events
+        WHERE job_id = %(job_id)s AND type = 'progress' AND {where}
+    ), span AS (SELECT min(step) AS low, max(step) AS high FROM points)
+    SELECT DISTINCT ON (bucket) step, {columns}
+    FROM (SELECT points.*, (step - low) * %(points)s / (high - low + 1) AS bucket FROM points, span) AS sampled
+    ORDER BY bucket, step DESC, id DESC
+"""
+_TRAIN_QUERY = _SAMPLED.format(key="step", where=_IS_TRAIN,
+                               columns="data->'train_loss' AS loss, data->'learning_rate' AS learning_rate,"
+                                       " data->'tokens_per_second' AS tokens_per_second")
+_EVAL_QUERY = _SAMPLED.format(key="eval_step", where=_IS_EVAL,
+                              columns="data->'eval_loss' AS loss, data->'perplexity' AS perplexity")
+
+
+def job_metrics(db: Database, job_id: uuid.UUID, max_points: int) -> dict[str, Any]:
+    """The job's train and eval series, each at most max_points evenly spaced steps and the last, and checkpoints.
+
+    PostgreSQL picks the points, so a run with many thousands of progress events costs the API no more than
+    a short one.
+    """
+    params = {"job_id": job_id, "points": max_points}
+    with db.transaction() as cur:
+        cur.execute(_TRAIN_QUERY, params)
+        train = [dict(row) for row in cur.fetchall()]
+        cur.execute(_EVAL_QUERY, params)
+        evaluations = [dict(row) for row in cur.fetchall()]
     marks = [{"step": c["step"], "id": c["id"]} for c in checkpoints.list_checkpoints(db, job_id)]
-    return {"job_id": job_id, "train": [train[s] for s in sorted(train)],
-            "eval": [evaluations[s] for s in sorted(evaluations)], "checkpoints": marks}
+    return {"job_id": job_id, "train": train, "eval": evaluations, "checkpoints": marks}
 
 
 @blp.route("/<uuid:job_id>/metrics", methods=["GET"])
@@ -126,7 +141,7 @@ def job_metrics(db: Database, job_id: uuid.UUID) -> dict[str, Any]:
 def metrics(job_id: uuid.UUID) -> dict[str, Any]:
     """Train and eval loss, learning rate and tokens/s per sampled step, and the checkpoints' steps."""
     _load_visible(job_id)
-    return job_metrics(_db(), job_id)
+    return job_metrics(_db(), job_id, _max_points())
 
 
 @blp.route("/<uuid:job_id>/loss.png", methods=["GET"])
@@ -138,7 +153,7 @@ def metrics(job_id: uuid.UUID) -> dict[str, Any]:
 def loss_png(job_id: uuid.UUID) -> Response:
     """The train and eval loss curves as a PNG, with the checkpoints marked."""
     job = _load_visible(job_id)
-    series = job_metrics(_db(), job_id)
+    series = job_metrics(_db(), job_id, _max_points())
     if not any(p["loss"] is not None for p in series["train"] + series["eval"]):
         raise ApiError(409, f"Job {job_id} has reported no loss yet; try again once it has trained a while.",
                        "metrics_not_ready")

@@ -23,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from api.errors import ApiError
 from celeryconfig import TASK_ROUTES
-from records.db import Database, DatabaseUnavailable
+from records.db import Database, DatabaseBusy, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ QUEUES = tuple(sorted({route["queue"] for route in TASK_ROUTES.values()}))
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 # Methods outside this set are counted as OTHER, so odd requests cannot grow the label set.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# A scrape waits this long for a pooled connection, well inside Prometheus' default 10 s scrape timeout.
+SCRAPE_POOL_WAIT = 2.0
 _KINDS = (("training", "training_jobs", "trainer_type"), ("dataset", "dataset_jobs", "kind"))
 
 
@@ -42,6 +44,7 @@ def _setup(state: BlueprintSetupState) -> None:
     app = state.app
     registry = CollectorRegistry()
     registry.register(JobCollector(app.extensions["clara_db"], app.extensions["clara_redis"]))
+    registry.register(PoolCollector(app.extensions["clara_db"]))
     requests = Counter("clara_http_requests", "HTTP requests answered, by method, route and status.",
                        ["method", "route", "status"], registry=registry)
     latency = Histogram("clara_http_request_duration_seconds",
@@ -112,10 +115,15 @@ class JobCollector:
         up = GaugeMetricFamily("clara_source_up", "Whether the scrape could read this source.", labels=["source"])
         try:
             families = self._from_database()
+            up.add_metric(["postgresql"], 1)
+        except DatabaseBusy as exc:
+            # Load, not an outage: no job figures this time, and no "down" either (see the pool metrics).
+            logger.warning("Metrics scrape skipped PostgreSQL: %s.", exc)
+            families = []
         except DatabaseUnavailable as exc:
             logger.warning("Metrics scrape could not read PostgreSQL: %s", exc)
             families = []
-        up.add_metric(["postgresql"], 1 if families else 0)
+            up.add_metric(["postgresql"], 0)
         yield from families
         try:
             yield self._queues()
@@ -141,7 +149,7 @@ class JobCollector:
         tokens = CounterMetricFamily("clara_trained_tokens", "Tokens trained on by all training jobs.")
         speed = GaugeMetricFamily("clara_job_tokens_per_second", "Latest training throughput of running jobs.",
                                   labels=["job_id"])
-        with self.db.transaction() as cur:
+        with self.db.transaction(wait=SCRAPE_POOL_WAIT) as cur:
             # Table and column names come from _KINDS, never from a request.
             for kind, table, type_column in _KINDS:
                 cur.execute(f"SELECT status, {type_column} AS type, count(*) AS n FROM {table} GROUP BY 1, 2")
@@ -158,6 +166,25 @@ class JobCollector:
             for row in cur.fetchall():
                 speed.add_metric([str(row["id"])], row["speed"])
         return [counts, durations, tokens, speed]
+
+
+class PoolCollector:
+    """This process's database connection pool: its size, connections in use, waits and timeouts."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the pool's figures as they are now."""
+        stats = self.db.stats
+        yield GaugeMetricFamily("clara_database_pool_size", "PostgreSQL connections this API process may open.",
+                                value=self.db.max_connections)
+        yield GaugeMetricFamily("clara_database_pool_in_use", "Pooled connections checked out now.",
+                                value=stats.in_use)
+        yield CounterMetricFamily("clara_database_pool_waits", "Checkouts that found every connection in use "
+                                  "and waited for one.", value=stats.waits)
+        yield CounterMetricFamily("clara_database_pool_timeouts", "Checkouts that waited CLARA_DATABASE_POOL_TIMEOUT "
+                                  "in vain and answered 503 database_busy.", value=stats.timeouts)
 
 
 def _durations(cur: Any, table: str) -> list[dict[str, Any]]:

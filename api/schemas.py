@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate
 
 from api.openapi_examples import CREATED_AT, FINISHED_AT, JOB_ID, STARTED_AT, TOKEN
 from auth.users import ROLES
+from settings import MIN_PASSWORD_LENGTH
 from trainers.config import (
     EXCLUSIVE_MIN,
     HYPERPARAMETER_BOUNDS,
@@ -145,7 +147,9 @@ class HyperparametersSchema(InputSchema):
     num_epochs = _bounded(StrictFloat, "num_epochs")
     max_steps = _bounded(fields.Integer, "max_steps", allow_none=True)
     learning_rate = _bounded(StrictFloat, "learning_rate")
-    batch_size = _bounded(fields.Integer, "batch_size")
+    batch_size = _bounded(fields.Integer, "batch_size",
+                          metadata={"description": "Records per forward pass, packed or not; a step trains on "
+                                                   "batch_size * gradient_accumulation_steps records."})
     gradient_accumulation_steps = _bounded(fields.Integer, "gradient_accumulation_steps")
     max_seq_length = _bounded(fields.Integer, "max_seq_length")
     lora_rank = _bounded(fields.Integer, "lora_rank")
@@ -154,18 +158,24 @@ class HyperparametersSchema(InputSchema):
     target_modules = TargetModules(allow_none=True, metadata={"example": ["q_proj", "v_proj"]})
     warmup_ratio = _bounded(StrictFloat, "warmup_ratio")
     seed = _bounded(fields.Integer, "seed")
-    packing = Packing(metadata={"description": 'Pack short records into full sequences; "auto" packs mixed lengths.',
+    packing = Packing(metadata={"description": "Lay each batch's records out in shared rows of up to max_seq_length "
+                                               'tokens instead of padding them; "auto" packs when that saves 15% of '
+                                               "the tokens computed. The records per step stay the same.",
                                 "example": "auto"})
     gradient_checkpointing = StrictBoolean(allow_none=True,
                                             metadata={"description": "Default: on for qlora, off otherwise."})
     quantization_bits = fields.Integer(strict=True, allow_none=True, validate=validate.OneOf(QUANTIZATION_BITS),
                                        metadata={"description": "qlora only: 4 (NF4, the default) or 8."})
     save_steps = _bounded(fields.Integer, "save_steps", allow_none=True,
-                          metadata={"description": "Steps between checkpoints; default about a tenth of the run."})
+                          metadata={"description": "Steps between checkpoints; default about a tenth of the run; "
+                                                   "raised so a run saves at most CLARA_MAX_CHECKPOINTS_PER_RUN."})
     save_total_limit = _bounded(fields.Integer, "save_total_limit")
     validation_split = _bounded(StrictFloat, "validation_split",
                                 metadata={"description": "Share of the training file held out for evaluation."})
-    eval_steps = _bounded(fields.Integer, "eval_steps", allow_none=True)
+    eval_steps = _bounded(fields.Integer, "eval_steps", allow_none=True,
+                          metadata={"description": "Steps between evaluations; default about a tenth of the run; "
+                                                   "raised so a run evaluates at most CLARA_MAX_EVALUATIONS_PER_RUN "
+                                                   "times."})
     early_stopping_patience = _bounded(fields.Integer, "early_stopping_patience", allow_none=True)
     replay_fraction = _bounded(StrictFloat, "replay_fraction",
                                metadata={"description": "continuous only: share of the parent's records replayed."})
@@ -350,6 +360,56 @@ class JobSchema(JobStateSchema):
     def _metrics(self, job: dict) -> dict:
         return {"train_loss": None, "trained_tokens": 0, "tokens_per_second": None, **job["metrics"]}
 
+    def dump(self, obj: Any, *, many: bool | None = None) -> Any:
+        """marshmallow's dump, written out for whole job rows: field by field it was a poll's largest Python cost.
+
+        Anything else (a partial row, only/exclude, a subclass) goes through marshmallow; a test holds both
+        to the same output.
+        """
+        many = self.many if many is None else many
+        rows = obj if many else [obj]
+        if type(self) is not JobSchema or self.only or self.exclude or not all(
+                isinstance(row, Mapping) and _JOB_ROW_KEYS <= row.keys() for row in rows):
+            return super().dump(obj, many=many)
+        dumped = [self._dump_row(row) for row in rows]
+        return dumped if many else dumped[0]
+
+    def _dump_row(self, job: Mapping) -> dict:
+        """One full job row as JSON-ready values, as each declared field would serialise it."""
+        return {
+            "object": "training.job", "id": _text(job["id"]), "status": _text(job["status"]),
+            "is_terminal": self._is_terminal(job), "owner": _text(job["owner"]),
+            "created_at": _iso(job["created_at"]), "started_at": _iso(job["started_at"]),
+            "finished_at": _iso(job["finished_at"]), "error": self._error(job),
+            "attempts": None if job["attempts"] is None else int(job["attempts"]), "worker": _text(job["worker"]),
+            "cancel_requested": None if job["cancel_requested"] is None else bool(job["cancel_requested"]),
+            "job_name": _text(job["job_name"]), "trainer_type": _text(job["trainer_type"]),
+            "base_model": _text(job["base_model"]), "dataset_path": _text(job["dataset_path"]),
+            "dataset_id": _text(job["dataset_id"]),
+            "hyperparameters": None if job["hyperparameters"] is None else dict(job["hyperparameters"]),
+            "metadata": None if job["metadata"] is None else dict(job["metadata"]),
+            "progress": self._progress(job), "metrics": self._metrics(job), "adapter_path": _text(job["adapter_path"]),
+            "parent_job_id": _text(job["parent_job_id"]),
+            "children": None if job["children"] is None else [str(child) for child in job["children"]],
+        }
+
+
+# What JobSchema's fast dump reads; a row lacking any of them goes through marshmallow.
+_JOB_ROW_KEYS = frozenset({
+    "id", "status", "owner", "created_at", "started_at", "finished_at", "error_code", "error_message", "attempts",
+    "worker", "cancel_requested", "job_name", "trainer_type", "base_model", "dataset_path", "dataset_id",
+    "hyperparameters", "metadata", "progress", "metrics", "adapter_path", "parent_job_id", "children"})
+
+
+def _text(value: Any) -> str | None:
+    """As marshmallow's String and UUID fields serialise."""
+    return None if value is None else str(value)
+
+
+def _iso(value: Any) -> str | None:
+    """As marshmallow's DateTime field serialises (ISO 8601)."""
+    return None if value is None else value.isoformat()
+
 
 class JobListSchema(ma.Schema):
     """A page of jobs."""
@@ -421,14 +481,46 @@ class EventListSchema(ma.Schema):
     has_more = fields.Boolean()
 
 
+def _no_control_characters(value: str) -> None:
+    """Usernames end up in logs and the audit log, where a newline or escape sequence could forge lines."""
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in value):
+        raise ma.ValidationError("Must not contain control characters.")
+
+
+def _password(**kwargs) -> fields.String:
+    """A new password: as long as user creation requires."""
+    return fields.String(required=True, load_only=True,
+                         validate=validate.Length(min=MIN_PASSWORD_LENGTH, max=1024), **kwargs)
+
+
 class LoginSchema(InputSchema):
     """Credentials."""
 
     class Meta(InputSchema.Meta):
         example = {"username": "maria", "password": "correct-horse-battery-staple"}
 
-    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    username = fields.String(required=True, validate=[validate.Length(min=1, max=64), _no_control_characters])
     password = fields.String(required=True, validate=validate.Length(min=1, max=1024), load_only=True)
+
+
+class PasswordChangeSchema(InputSchema):
+    """The caller's current password and the new one."""
+
+    class Meta(InputSchema.Meta):
+        example = {"current_password": "an-old-password-of-maria", "new_password": "tram-lantern-orbit-quill-7"}
+
+    current_password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
+    new_password = _password(metadata={"description": f"At least {MIN_PASSWORD_LENGTH} characters."})
+
+
+class PasswordResetSchema(InputSchema):
+    """The new password an admin sets for a user."""
+
+    class Meta(InputSchema.Meta):
+        example = {"password": "tram-lantern-orbit-quill-7"}
+
+    password = _password(metadata={"description": f"At least {MIN_PASSWORD_LENGTH} characters; tell the user "
+                                                  "through a channel of your own."})
 
 
 class LogoutSchema(InputSchema):
@@ -458,9 +550,10 @@ class UserCreateSchema(InputSchema):
     class Meta(InputSchema.Meta):
         example = {"username": "maria", "password": "correct-horse-battery-staple", "role": "trainer"}
 
-    username = fields.String(required=True, validate=validate.Regexp(
-        r"^[A-Za-z0-9_.-]{3,64}$", error="Must be 3 to 64 letters, digits, '.', '_' or '-'."))
-    password = fields.String(required=True, load_only=True, validate=validate.Length(min=12, max=1024))
+    # The pattern's $ also matches before a trailing newline; the control character check refuses that.
+    username = fields.String(required=True, validate=[_no_control_characters, validate.Regexp(
+        r"^[A-Za-z0-9_.-]{3,64}$", error="Must be 3 to 64 letters, digits, '.', '_' or '-'.")])
+    password = _password()
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
 
 

@@ -13,13 +13,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import redis
 from flask import Flask, Response, current_app, request
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
 from api.errors import ApiError, ErrorSchema
 from api.openapi_examples import error_example, field_error
-from api.schemas import EVENT_EXAMPLE, EventSchema
+from api.schemas import BIGINT_MAX, EVENT_EXAMPLE, EventSchema
 from records import datasets, jobs
 from records.db import Database, DatabaseUnavailable
 from records.jobs import DATASETS, TERMINAL_STATUSES, TRAINING, JobTable
@@ -34,7 +35,21 @@ KEEPALIVE_SECONDS = 15.0
 RETRY_MILLISECONDS = 2000
 BATCH = 200
 BUSY_RETRY_SECONDS = 5
+# Event ids are PostgreSQL bigints: at most 19 digits.
+MAX_CURSOR_DIGITS = 19
 _SLOTS_LOCK = threading.Lock()
+USER_STREAMS_KEY = "clara:streams:user:"
+# A user's place lapses this long after the stream's own time limit, should its process die holding it.
+USER_SLOT_GRACE_SECONDS = 30
+# Drop the user's lapsed places, then add one unless they hold `limit` already; atomic, so two processes
+# cannot both see room for the last place.
+_TAKE_USER_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
 _EVENT = EventSchema()
 
 _EXAMPLE_DATA = json.dumps(EVENT_EXAMPLE, separators=(",", ":"))
@@ -80,14 +95,21 @@ BUSY = {"description": "streams_busy: this API process serves CLARA_MAX_STREAMS_
         "example": error_example("streams_busy", "This API process already serves 2 event streams; poll GET "
                                                  ".../events instead, or retry in 5 seconds."),
         "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}}
+TOO_MANY = {"description": "too_many_streams: you already hold CLARA_MAX_STREAMS_PER_USER streams, across every API "
+                           "process; close one, or poll GET .../events instead (Retry-After says when to try again).",
+            "example": error_example("too_many_streams", "You already have 1 event stream open, and "
+                                                         "max_streams_per_user allows 1; close it, or poll GET "
+                                                         ".../events instead."),
+            "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}}
 BAD_CURSOR = {"description": "Last-Event-ID or `after` is not an event id, or the query has an unknown field.",
               "example": field_error("after", "Not a valid event id.")}
 
 
 def _documented(view: Callable) -> Callable:
-    """Document a stream route: its cursor, its event stream and its 422; 401, 404 and 503 come with every path."""
+    """Document a stream route: cursor, event stream, 422 and 429; 401, 404 and 503 come with every path."""
     view = blp.alt_response(422, schema=ErrorSchema, **BAD_CURSOR)(view)
     view = blp.alt_response(503, schema=ErrorSchema, **BUSY)(view)
+    view = blp.alt_response(429, schema=ErrorSchema, **TOO_MANY)(view)
     view = blp.response(200, EVENT_FRAME, content_type="text/event-stream", description=STREAM_DESCRIPTION,
                         example={"id": "42", "event": "progress", "data": _EXAMPLE_DATA})(view)
     return blp.doc(parameters=CURSOR_PARAMETERS)(view)
@@ -135,20 +157,30 @@ def _cursor() -> int:
     for name, raw in (("Last-Event-ID", request.headers.get("Last-Event-ID")), ("after", request.args.get("after"))):
         if raw is None or raw.strip() == "":
             continue
-        # isdecimal, not isdigit: int() refuses digits such as "²", which isdigit takes.
-        if not raw.strip().isdecimal():
+        # isdecimal, not isdigit: int() refuses digits such as "²", which isdigit takes. The length check
+        # comes first: int() refuses more than 4,300 digits with a ValueError, and ids are bigints anyway.
+        value = raw.strip()
+        if len(value) > MAX_CURSOR_DIGITS or not value.isdecimal() or int(value) > BIGINT_MAX:
             raise ApiError(422, f"Invalid request. {name}: Not a valid event id.", "validation_error",
                            {"fields": {name: ["Not a valid event id."]}})
-        return int(raw)
+        return int(value)
     return 0
 
 
 def _stream_response(job_id: uuid.UUID, kind: JobTable, after: int) -> Response:
     """The streamed response; the generator gets what it needs as arguments, not from the request context."""
     settings = current_app.extensions["clara_settings"]
-    slot = _StreamSlot(_stream_slots(current_app, settings.max_streams_per_process))
-    # Each open stream holds a server thread for minutes; past the limit the threads stay free for requests.
+    slot = _StreamSlot(_stream_slots(current_app, settings.max_streams_per_process),
+                       current_app.extensions["clara_redis"], current_user["id"])
+    # Each open stream holds a server thread for minutes: one user may hold only a few, across every process.
+    if not slot.take_user(settings.max_streams_per_user, settings.stream_max_seconds + USER_SLOT_GRACE_SECONDS):
+        limit = settings.max_streams_per_user
+        raise ApiError(429, f"You already have {limit} event stream{'s' if limit != 1 else ''} open, and "
+                            f"max_streams_per_user allows {limit}; close one, or poll GET .../events instead.",
+                       "too_many_streams", headers={"Retry-After": str(BUSY_RETRY_SECONDS)})
+    # Past the process's limit the threads stay free for requests.
     if not slot.take():
+        slot.give_back()
         raise ApiError(503, f"This API process already serves {settings.max_streams_per_process} event streams; "
                             f"poll GET .../events instead, or retry in {BUSY_RETRY_SECONDS} seconds.",
                        "streams_busy", headers={"Retry-After": str(BUSY_RETRY_SECONDS)})
@@ -171,27 +203,49 @@ def _stream_slots(app: Flask, limit: int) -> threading.BoundedSemaphore:
 
 
 class _StreamSlot:
-    """One stream's place among the app's streams, given back exactly once however the stream ends."""
+    """One stream's place among the app's streams and among its user's, given back exactly once however it ends.
 
-    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+    A user's streams are members of a Redis sorted set scored by when they lapse, so that a process that dies
+    with streams open frees them after stream_max_seconds instead of never.
+    """
+
+    def __init__(self, slots: threading.BoundedSemaphore, store: redis.Redis, user_id: int) -> None:
         self._slots = slots
+        self._store = store
+        self._key = f"{USER_STREAMS_KEY}{user_id}"
+        self._member = uuid.uuid4().hex
         self._held = False
+        self._user_held = False
         self._lock = threading.Lock()
 
+    def take_user(self, limit: int, lifetime: float) -> bool:
+        """Take one of the user's places if they hold fewer than limit streams (unlapsed ones) now."""
+        now = time.time()
+        taken = self._store.eval(_TAKE_USER_SLOT, 1, self._key, now, now + lifetime, limit, self._member,
+                                 int(lifetime) + 1)
+        self._user_held = bool(taken)
+        return self._user_held
+
     def take(self) -> bool:
-        """Take a place if one is free."""
+        """Take a place of this process if one is free."""
         self._held = self._slots.acquire(blocking=False)
         return self._held
 
     def give_back(self) -> None:
-        """Free the place; later calls do nothing."""
+        """Free the places; later calls do nothing."""
         with self._lock:
             if self._held:
                 self._held = False
                 self._slots.release()
+            if self._user_held:
+                self._user_held = False
+                try:
+                    self._store.zrem(self._key, self._member)
+                except redis.RedisError as exc:
+                    logger.warning("Could not free a stream place of %s (%s); it lapses by itself.", self._key, exc)
 
     def held_while(self, frames: Iterator[str]) -> Iterator[str]:
-        """Yield the frames, and free the place once they are all sent."""
+        """Yield the frames, and free the places once they are all sent."""
         try:
             yield from frames
         finally:

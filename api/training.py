@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import tarfile
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import marshmallow as ma
@@ -17,6 +19,7 @@ from api.enqueue import enqueue
 from api.errors import ApiError, ErrorSchema
 from api.openapi_examples import JOB_ID, error_example, field_error, forbidden
 from api.paths import PathRejected, resolve_base_model, resolve_dataset
+from api.quotas import STORAGE_QUOTA_EXAMPLE, TOO_MANY_DOWNLOADS_EXAMPLE, acquire_download, require_storage
 from api.schemas import (
     CANCELLED_JOB_EXAMPLE,
     QUEUED_JOB_EXAMPLE,
@@ -32,7 +35,7 @@ from auth.tokens import roles_required
 from records import audit, checkpoints, datasets, jobs
 from settings import Settings
 from trainers.continuous import adapter_settings
-from trainers.record_format import dataset_problems
+from trainers.record_format import sample_problems
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +97,23 @@ def _field_error(field: str, message: str) -> ApiError:
 @blp.arguments(JobCreateSchema)
 @blp.response(202, JobSchema, example=QUEUED_JOB_EXAMPLE)
 @blp.alt_response(403, **TRAINERS_ONLY)
-@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your jobs have not ended.",
-                  example=QUOTA_EXAMPLE)
+@blp.alt_response(409, schema=ErrorSchema, description="quota_exceeded: too many of your jobs have not ended "
+                  "(max_active_jobs_per_user), or your datasets and adapters fill your storage quota "
+                  "(storage_quota_bytes_per_user; details name used bytes).",
+                  examples={"active_jobs": {"value": QUOTA_EXAMPLE}, "storage": {"value": STORAGE_QUOTA_EXAMPLE}})
 @blp.alt_response(422, schema=ErrorSchema, description="A field is invalid; the response names it.",
                   example=field_error("hyperparameters.lora_rank",
                                       "Must be greater than or equal to 1 and less than or equal to 1024."))
 @blp.alt_response(503, schema=ErrorSchema, description="The database or the queue is down; nothing was queued.",
                   example=error_example("broker_unavailable", "The job queue is unavailable; try again shortly."))
 def submit(body: dict) -> dict:
-    """Submit a training job; it is queued for a GPU worker and answered at once."""
+    """Submit a training job; it is queued for a GPU worker and answered at once.
+
+    A sample of the dataset's records is checked here; the worker checks every record before training and
+    fails the job with invalid_dataset, naming the bad lines.
+    """
     settings = _settings()
+    _check_quotas(settings)
     problems: dict[str, list[str]] = {}
     base_model = body.get("base_model")
     if body.get("parent_job_id") is not None:
@@ -146,6 +156,17 @@ def submit(body: dict) -> dict:
     enqueue(TRAIN_TASK, job["id"], jobs.TRAINING, name=job["job_name"])
     logger.info("User %s submitted training job %s.", current_user["username"], job["id"])
     return jobs.get_job(_db(), job["id"])
+
+
+def _check_quotas(settings: Settings) -> None:
+    """Refuse a user at a quota before reading any file; create_job checks active jobs again as it inserts."""
+    try:
+        with _db().transaction() as cur:
+            jobs.enforce_quota(cur, jobs.TRAINING, current_user["id"], settings.max_active_jobs_per_user)
+    except jobs.QuotaExceeded as exc:
+        raise quota_error("training jobs", "max_active_jobs_per_user", exc) from None
+    # A job stores an adapter: a user whose files fill their quota may not add one.
+    require_storage(_db(), settings, current_user["id"])
 
 
 def _parent_job(parent_job_id: uuid.UUID, base_model: str | None) -> dict:
@@ -196,10 +217,13 @@ def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:
     train = directory / "train.jsonl"
     if not train.is_file() or train.stat().st_size == 0:
         raise PathRejected(f"dataset {dataset_id} has no training records")
-    problems = dataset_problems(train)
+    validation = directory / "validation.jsonl"
+    for path in (train, validation):
+        if path.is_file() and path.stat().st_size > settings.max_dataset_bytes:
+            raise PathRejected(f"its {path.name} is larger than the limit of {settings.max_dataset_bytes} bytes")
+    problems = sample_problems(train, settings.submit_sample_records)
     if problems:
         raise PathRejected("has bad records: " + "; ".join(problems))
-    validation = directory / "validation.jsonl"
     return train, validation if validation.is_file() and validation.stat().st_size else None
 
 
@@ -295,43 +319,87 @@ def delete(job_id: uuid.UUID) -> dict:
 @blp.response(200, {"format": "binary", "type": "string"}, content_type="application/gzip")
 @blp.alt_response(409, schema=ErrorSchema, description="The job has no adapter (yet).",
                   example=error_example("adapter_not_ready", f"Job {JOB_ID} has no adapter: its status is running."))
+@blp.alt_response(429, schema=ErrorSchema, description="too_many_downloads: max_downloads_per_user of your "
+                  "downloads are in progress; Retry-After says when to try again.", example=TOO_MANY_DOWNLOADS_EXAMPLE)
 def adapter(job_id: uuid.UUID) -> Response:
-    """Download the trained adapter directory as a .tar.gz."""
+    """Download the trained adapter directory as a .tar.gz, streamed as it is read."""
     job = _load_visible(job_id)
     if job["status"] != "completed" or not job["adapter_path"]:
         raise ApiError(409, f"Job {job_id} has no adapter: its status is {job['status']}.", "adapter_not_ready")
     directory = Path(job["adapter_path"]).resolve()
     if not directory.is_relative_to(_settings().output_dir) or not directory.is_dir():
         raise ApiError(404, f"The adapter of job {job_id} is no longer on disk.", "adapter_missing")
-    return Response(
-        stream_with_context(_tar_gz(directory, arcname=f"{job_id}")),
-        mimetype="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="adapter-{job_id}.tar.gz"'},
-    )
+    slot = acquire_download(current_app.extensions["clara_redis"], _settings(), current_user["id"])
+    try:
+        response = Response(
+            stream_with_context(_tar_gz(directory, arcname=f"{job_id}", on_chunk=slot.refresh)),
+            mimetype="application/gzip",
+            headers={"Content-Disposition": f'attachment; filename="adapter-{job_id}.tar.gz"'},
+        )
+    except BaseException:
+        slot.release()
+        raise
+    # The server closes the response once it is sent or the client went away; either frees the slot.
+    response.call_on_close(slot.release)
+    return response
 
 
-class _Chunks:
-    """A write-only file that hands what is written to a generator."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self.parts.append(bytes(data))
-        return len(data)
-
-    def take(self) -> bytes:
-        data, self.parts = b"".join(self.parts), []
-        return data
+# Files are read, archived and compressed this much at a time, so a download holds no whole file in memory.
+CHUNK_BYTES = 256 * 1024
+# Adapter weights are float tensors that hardly compress; the fastest level keeps the .tar.gz clients expect
+# while costing the API little CPU.
+GZIP_LEVEL = 1
 
 
-def _tar_gz(directory: Path, arcname: str) -> Iterator[bytes]:
-    """Stream a directory as tar.gz without a temporary file; symlinks are never followed."""
-    sink = _Chunks()
-    with tarfile.open(fileobj=sink, mode="w|gz") as archive:
-        for path in sorted(directory.rglob("*")):
-            if path.is_symlink() or not (path.is_file() or path.is_dir()):
-                continue
-            archive.add(path, arcname=f"{arcname}/{path.relative_to(directory)}", recursive=False)
-            yield sink.take()
-    yield sink.take()
+def _tar_gz(directory: Path, arcname: str, on_chunk: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """Stream a directory as tar.gz in pieces of about CHUNK_BYTES; symlinks are never followed."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: a gzip header
+    pending = bytearray()
+    for block in _tar_blocks(directory, arcname):
+        pending += compressor.compress(block)
+        if len(pending) >= CHUNK_BYTES:
+            yield bytes(pending)
+            pending.clear()
+            if on_chunk is not None:
+                on_chunk()
+    pending += compressor.flush()
+    yield bytes(pending)
+
+
+def _tar_blocks(directory: Path, arcname: str) -> Iterator[bytes]:
+    """The tar stream of a directory's regular files and subdirectories, one header or file chunk at a time."""
+    written = 0
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            continue
+        stat = path.lstat()
+        info = tarfile.TarInfo(f"{arcname}/{path.relative_to(directory)}")
+        info.mtime = int(stat.st_mtime)
+        info.mode = stat.st_mode & 0o7777
+        if path.is_dir():
+            info.type = tarfile.DIRTYPE
+        else:
+            info.size = stat.st_size
+        header = info.tobuf(tarfile.PAX_FORMAT)
+        written += len(header)
+        yield header
+        if info.isfile():
+            yield from _file_chunks(path, info.size)
+            padding = -info.size % tarfile.BLOCKSIZE
+            written += info.size + padding
+            yield bytes(padding)
+    # Two zero blocks end the archive, which is padded to whole records as tarfile writes it.
+    end = written + 2 * tarfile.BLOCKSIZE
+    yield bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE))
+
+
+def _file_chunks(path: Path, size: int) -> Iterator[bytes]:
+    """Exactly size bytes of a file, CHUNK_BYTES at a time; O_NOFOLLOW refuses a file swapped for a symlink."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0) as handle:
+        left = size
+        while left > 0:
+            chunk = handle.read(min(CHUNK_BYTES, left))
+            if not chunk:
+                raise OSError(f"{path} shrank while it was being sent")
+            left -= len(chunk)
+            yield chunk

@@ -9,14 +9,23 @@ from flask_smorest import Blueprint
 
 from api.errors import ApiError, ErrorSchema
 from api.openapi_examples import error_example, field_error, forbidden
-from api.schemas import InputSchema, StrictBoolean, UserCreateSchema, UserListQuerySchema, UserListSchema, UserSchema
+from api.schemas import (
+    InputSchema,
+    PasswordResetSchema,
+    StrictBoolean,
+    UserCreateSchema,
+    UserListQuerySchema,
+    UserListSchema,
+    UserSchema,
+)
 from auth.tokens import roles_required
-from auth.users import UsernameTaken, create_user, list_users, set_disabled
+from auth.users import UsernameTaken, create_user, list_users, set_disabled, set_password
 from records import audit
 
 ADMINS_ONLY = {"schema": ErrorSchema, "description": "Only admins manage users.", "example": forbidden("admin")}
 
-blp = Blueprint("users", __name__, url_prefix="/api/users", description="Create, list and disable users (admins).")
+blp = Blueprint("users", __name__, url_prefix="/api/users",
+                description="Create, list, disable and enable users, and reset their passwords (admins).")
 
 
 class UserUpdateSchema(InputSchema):
@@ -25,7 +34,8 @@ class UserUpdateSchema(InputSchema):
     class Meta(InputSchema.Meta):
         example = {"disabled": True}
 
-    disabled = StrictBoolean(required=True, metadata={"description": "A disabled user's tokens stop working."})
+    disabled = StrictBoolean(required=True, metadata={
+        "description": "A disabled user's tokens stop working; those of before stay dead after re-enabling."})
 
 
 def _entry(action: str, object_id: int | None = None, **details) -> audit.Entry:
@@ -79,7 +89,7 @@ def index(query: dict) -> dict:
 @blp.alt_response(422, schema=ErrorSchema, description="disabled is missing or not a boolean.",
                   example=field_error("disabled", "Missing data for required field."))
 def update(body: dict, user_id: int) -> dict:
-    """Disable or enable a user; a disabled user's tokens stop working at once."""
+    """Disable or enable a user; either ends the user's sessions, so their earlier tokens stop working for good."""
     if user_id == current_user["id"] and body["disabled"]:
         # The last admin disabling themselves would leave nobody able to undo it.
         raise ApiError(409, "You cannot disable your own account.", "cannot_disable_self")
@@ -89,3 +99,26 @@ def update(body: dict, user_id: int) -> dict:
     if user is None:
         raise ApiError(404, f"No user {user_id}.", "user_not_found")
     return user
+
+
+@blp.route("/<int:user_id>/password", methods=["POST"])
+@roles_required("admin")
+@blp.arguments(PasswordResetSchema)
+@blp.response(204)
+@blp.alt_response(403, **ADMINS_ONLY)
+@blp.alt_response(404, schema=ErrorSchema, description="No such user.",
+                  example=error_example("user_not_found", "No user 7."))
+@blp.alt_response(409, schema=ErrorSchema, description="Admins change their own password with POST /api/auth/password.",
+                  example=error_example("cannot_reset_own_password",
+                                        "Change your own password with POST /api/auth/password."))
+@blp.alt_response(422, schema=ErrorSchema, description="password is missing or shorter than 12 characters.",
+                  example=field_error("password", "Shorter than minimum length 12."))
+def reset_password(body: dict, user_id: int) -> None:
+    """Set a user's password, for one who forgot theirs; every session of that user ends."""
+    if user_id == current_user["id"]:
+        # Without the current password a stolen admin token could take the admin's account over for good.
+        raise ApiError(409, "Change your own password with POST /api/auth/password.", "cannot_reset_own_password")
+    user = set_password(current_app.extensions["clara_db"], user_id, body["password"], "password_reset",
+                        audit_entry=_entry("user.password_reset", user_id))
+    if user is None:
+        raise ApiError(404, f"No user {user_id}.", "user_not_found")

@@ -1,8 +1,17 @@
-"""Failed-login counters in Redis: per username and per client address, each over a fixed window."""
+"""Failed-login counters in Redis: per username and per client address, each over a fixed window.
+
+The rule: a username whose own counter reached login_max_failures_per_user is refused from everywhere. An
+address whose counter reached login_max_failures_per_address is not locked out as a whole, since behind a
+reverse proxy (or a NAT) it is every client's address: from there, only usernames that failed at least once
+in their own window are refused. A username with a clean counter may still log in, and the right password
+succeeds; a guesser spraying many usernames from that address gets one wrong guess per username per window
+instead of login_max_failures_per_user.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 
 import redis
@@ -15,13 +24,29 @@ _USER_KEY = "clara:login-failures:user:"
 _ADDRESS_KEY = "clara:login-failures:address:"
 
 
+def _normalised(username: str) -> bytes:
+    return username.strip().lower().encode()
+
+
 def _user_key(username: str) -> str:
     # Hashed so that whatever was typed as a username never becomes a Redis key in clear.
-    return _USER_KEY + hashlib.sha256(username.strip().lower().encode()).hexdigest()
+    return _USER_KEY + hashlib.sha256(_normalised(username)).hexdigest()
 
 
 def _address_key(address: str) -> str:
     return _ADDRESS_KEY + address
+
+
+def username_digest(settings: Settings, username: str) -> str:
+    """A short, keyed digest of a typed username for logs: lines about one name match, and a password typed
+    into the username field cannot be read back, nor guessed from the log without the secret key."""
+    digest = hmac.new(settings.secret_key.encode(), _normalised(username), hashlib.sha256).hexdigest()
+    return f"user#{digest[:12]}"
+
+
+def _wait(ttl: int, settings: Settings) -> int:
+    # A key that lost its expiry would lock out for ever; a full window is the most anyone waits.
+    return ttl if ttl > 0 else settings.login_failure_window_seconds
 
 
 def retry_after(store: redis.Redis, settings: Settings, username: str, address: str) -> int | None:
@@ -30,13 +55,13 @@ def retry_after(store: redis.Redis, settings: Settings, username: str, address: 
     with store.pipeline(transaction=False) as pipe:
         pipe.get(user_key).ttl(user_key).get(address_key).ttl(address_key)
         user_count, user_ttl, address_count, address_ttl = pipe.execute()
-    waits = []
-    for count, ttl, limit in ((user_count, user_ttl, settings.login_max_failures_per_user),
-                              (address_count, address_ttl, settings.login_max_failures_per_address)):
-        if count is not None and int(count) >= limit:
-            # A key that lost its expiry would lock out for ever; a full window is the most anyone waits.
-            waits.append(ttl if ttl > 0 else settings.login_failure_window_seconds)
-    return max(waits) if waits else None
+    user_failures, address_failures = int(user_count or 0), int(address_count or 0)
+    if user_failures >= settings.login_max_failures_per_user:
+        return _wait(user_ttl, settings)
+    if address_failures >= settings.login_max_failures_per_address and user_failures > 0:
+        # Allowed again once either window ends: the username's failures or the address's.
+        return min(_wait(user_ttl, settings), _wait(address_ttl, settings))
+    return None
 
 
 def record_failure(store: redis.Redis, settings: Settings, username: str, address: str) -> None:

@@ -1,17 +1,15 @@
-"""JWTs: issuing access and refresh tokens, revoking them in Redis, and checking roles."""
+"""JWTs: issuing access and refresh tokens tied to login sessions in PostgreSQL, and checking roles."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
-from flask import Flask, current_app
+from flask import Flask, current_app, g
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
@@ -23,18 +21,27 @@ from flask_jwt_extended import (
 
 import structured_logs
 from api.errors import ApiError, error_response
-from auth.users import get_user
-from settings import Settings
+from records import sessions
+from settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
-_JTI_KEY = "clara:revoked:jti:"
-_SESSION_KEY = "clara:revoked:session:"
+# The token check of a request leaves the user row here for the user loader, so both cost one query.
+_STATE = "_clara_token_state"
+_MISSING = object()
+
+
+class RefreshReused(Exception):
+    """A refresh token that is no longer its session's current one was presented."""
 
 
 def configure_jwt(app: Flask, settings: Settings) -> JWTManager:
-    """Configure flask-jwt-extended for Clara: pinned algorithm, short access tokens, Redis blocklist."""
+    """Configure flask-jwt-extended for Clara: pinned algorithm, short access tokens, sessions in PostgreSQL."""
+    # Checked here rather than in settings.load(): workers and Flower load settings but never sign a token.
+    problems = settings.api_problems()
+    if problems:
+        raise SettingsError(problems)
     app.config.update(
         JWT_SECRET_KEY=settings.secret_key,
         JWT_ALGORITHM=ALGORITHM,
@@ -48,15 +55,16 @@ def configure_jwt(app: Flask, settings: Settings) -> JWTManager:
 
     @jwt.token_in_blocklist_loader
     def _revoked(_header: dict, payload: dict) -> bool:
-        store = _redis()
-        keys = [_JTI_KEY + payload["jti"]]
-        if payload.get("sid"):
-            keys.append(_SESSION_KEY + payload["sid"])
-        return store.exists(*keys) > 0
+        # flask-jwt-extended asks this before the user loader; one query answers both.
+        state = sessions.token_state(current_app.extensions["clara_db"], int(payload["sub"]), payload.get("sid"))
+        setattr(g, _STATE, state)
+        return state is not None and not token_is_current(state, payload)
 
     @jwt.user_lookup_loader
     def _load_user(_header: dict, payload: dict) -> dict[str, Any] | None:
-        user = get_user(current_app.extensions["clara_db"], int(payload["sub"]))
+        user = g.pop(_STATE, _MISSING)
+        if user is _MISSING:
+            user = sessions.token_state(current_app.extensions["clara_db"], int(payload["sub"]), payload.get("sid"))
         if user:
             structured_logs.set_user(user["username"])
         return user if user and not user["disabled"] else None
@@ -88,36 +96,46 @@ def configure_jwt(app: Flask, settings: Settings) -> JWTManager:
     return jwt
 
 
-def _redis() -> redis.Redis:
-    """The API's Redis client."""
-    return current_app.extensions["clara_redis"]
+def token_is_current(state: dict[str, Any], payload: dict[str, Any]) -> bool:
+    """Whether a token's session is live and it carries its user's current token version."""
+    return bool(state["session_live"]) and payload.get("ver") == state["token_version"]
 
 
-def issue_tokens(user: dict[str, Any], session_id: str | None = None) -> dict[str, Any]:
-    """Create an access and a refresh token for the user, both tied to one login session."""
-    claims = {"role": user["role"], "username": user["username"], "sid": session_id or uuid.uuid4().hex}
+def _signed_pair(user: dict[str, Any], sid: str, refresh_jti: str) -> tuple[dict[str, Any], datetime]:
+    """An access and a refresh token of one session, and when the refresh token expires."""
+    claims = {"role": user["role"], "username": user["username"], "sid": sid, "ver": user["token_version"]}
     identity = str(user["id"])
-    expires = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
-    return {
+    access = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
+    refresh_expires = datetime.now(UTC) + current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
+    tokens = {
         "access_token": create_access_token(identity, additional_claims=claims),
-        "refresh_token": create_refresh_token(identity, additional_claims=claims),
+        "refresh_token": create_refresh_token(identity, additional_claims={**claims, "jti": refresh_jti}),
         "token_type": "Bearer",
-        "expires_in": int(expires.total_seconds()),
+        "expires_in": int(access.total_seconds()),
     }
+    return tokens, refresh_expires
 
 
-def revoke_token(payload: dict[str, Any]) -> None:
-    """Revoke one token until it would have expired anyway."""
-    ttl = max(1, int(payload["exp"] - time.time()) + 1)
-    _redis().set(_JTI_KEY + payload["jti"], "1", ex=ttl)
+def issue_tokens(user: dict[str, Any]) -> dict[str, Any]:
+    """Start a login session for the user (as read when its password was checked) and return its token pair."""
+    sid, refresh_jti = uuid.uuid4().hex, str(uuid.uuid4())
+    tokens, expires_at = _signed_pair(user, sid, refresh_jti)
+    sessions.start(current_app.extensions["clara_db"], sid, user["id"], refresh_jti, expires_at)
+    return tokens
 
 
-def revoke_session(payload: dict[str, Any]) -> None:
-    """Revoke every token of the login session this token belongs to."""
-    revoke_token(payload)
-    if payload.get("sid"):
-        ttl = int(current_app.config["JWT_REFRESH_TOKEN_EXPIRES"].total_seconds()) + 1
-        _redis().set(_SESSION_KEY + payload["sid"], "1", ex=ttl)
+def refresh_tokens(user: dict[str, Any], claims: dict[str, Any]) -> dict[str, Any]:
+    """Swap a session's current refresh token for a new pair; RefreshReused when it is not the current one."""
+    new_jti = str(uuid.uuid4())
+    tokens, expires_at = _signed_pair(user, claims["sid"], new_jti)
+    if not sessions.rotate(current_app.extensions["clara_db"], claims["sid"], claims["jti"], new_jti, expires_at):
+        raise RefreshReused(claims["sid"])
+    return tokens
+
+
+def revoke_sessions(user_id: int, sids: list[str], reason: str) -> int:
+    """Revoke these sessions of the user, every token of them; how many were live until now."""
+    return sessions.revoke(current_app.extensions["clara_db"], user_id, sids, reason)
 
 
 def roles_required(*roles: str) -> Callable:

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg2.errors
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from records import audit
+from records import audit, sessions
 from records.db import Database
 
 logger = logging.getLogger(__name__)
@@ -18,7 +18,8 @@ ROLES = ("admin", "trainer", "analyst")
 PASSWORD_METHOD = "scrypt"
 # Checked against when the username is unknown, so a miss costs as long as a wrong password.
 _DUMMY_HASH = generate_password_hash("clara-no-such-user", method=PASSWORD_METHOD)
-_USER_COLUMNS = "id, username, role, disabled, created_at"
+# token_version goes into every token; it is never shown (the schemas do not name it).
+_USER_COLUMNS = sessions.USER_COLUMNS
 
 
 class UsernameTaken(ValueError):
@@ -60,15 +61,50 @@ def get_user(db: Database, user_id: int) -> dict[str, Any] | None:
 
 def set_disabled(db: Database, user_id: int, disabled: bool,
                  audit_entry: audit.Entry | None = None) -> dict[str, Any] | None:
-    """Disable or enable a user and return it, or None when no user has this id; tokens are checked per request."""
+    """Disable or enable a user and return it, or None when no user has this id.
+
+    Either change ends the user's sessions, so that re-enabling a user does not revive the tokens it had.
+    """
     with db.transaction() as cur:
+        cur.execute("SELECT disabled FROM users WHERE id = %s FOR UPDATE", (user_id,))
+        before = cur.fetchone()
+        if before is None:
+            return None
         cur.execute(f"UPDATE users SET disabled = %s WHERE id = %s RETURNING {_USER_COLUMNS}", (disabled, user_id))
         row = cur.fetchone()
-        if row is not None and audit_entry is not None:
+        if before["disabled"] != disabled:
+            row = sessions.end_all(cur, user_id, "disabled" if disabled else "enabled")
+        if audit_entry is not None:
             audit.write(cur, audit_entry)
-    if row is not None:
-        logger.info("User %s is now %s.", row["username"], "disabled" if disabled else "enabled")
-    return dict(row) if row else None
+    logger.info("User %s is now %s.", row["username"], "disabled" if disabled else "enabled")
+    return dict(row)
+
+
+def check_password(db: Database, user_id: int, password: str) -> bool:
+    """Whether password is the user's current one."""
+    with db.transaction() as cur:
+        cur.execute("SELECT password_hash FROM users WHERE id = %s", (user_id,))
+        row = cur.fetchone()
+    if row is None:
+        check_password_hash(_DUMMY_HASH, password)
+        return False
+    return check_password_hash(row["password_hash"], password)
+
+
+def set_password(db: Database, user_id: int, password: str, reason: str,
+                 audit_entry: audit.Entry | None = None) -> dict[str, Any] | None:
+    """Store a new password and end every session of the user; the user, or None when no user has this id."""
+    password_hash = hash_password(password)
+    with db.transaction() as cur:
+        cur.execute("UPDATE users SET password_hash = %s WHERE id = %s", (password_hash, user_id))
+        if cur.rowcount == 0:
+            return None
+        user = sessions.end_all(cur, user_id, reason)
+        if audit_entry is not None:
+            audit.write(cur, audit_entry)
+    logger.info("The password of user %s was %s; their sessions ended.", user["username"],
+                "changed" if reason == "password_change" else "reset")
+    return user
 
 
 def user_id_of(db: Database, username: str) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,12 @@ def build(client: Client, spec: Path, assignments: tuple[str, ...], as_json: boo
 @click.option("--name", help="Dataset name (default: the file name).")
 @click.option("--description", default="", help="What the records are.")
 @click.option("--format", "file_format", type=click.Choice(FORMATS), help="Default: the file's extension.")
+@click.option("--wait", is_flag=True, help="Wait until a worker has checked and stored the file; fail if refused.")
 @json_option
 @pass_client
-def upload(client: Client, file: Path, name: str | None, description: str, file_format: str | None,
+def upload(client: Client, file: Path, name: str | None, description: str, file_format: str | None, wait: bool,
            as_json: bool) -> None:
-    """Upload a JSONL, CSV or Parquet file of training records; every record is checked first."""
+    """Upload a JSONL, CSV or Parquet file of training records; a worker checks every record, then stores them."""
     form = {"description": description, **({"name": name} if name else {}),
             **({"format": file_format} if file_format else {})}
     try:
@@ -85,7 +87,20 @@ def upload(client: Client, file: Path, name: str | None, description: str, file_
             dataset = client.post(f"{DATASETS}/upload", None, files={"file": (file.name, handle)}, data=form)
     except OSError as exc:
         raise ClaraError(f"Cannot read {file}: {exc.strerror or exc}") from None
+    if wait:
+        dataset = _wait(client, dataset)
+        if dataset["status"] != "completed":
+            error = dataset.get("error") or {}
+            raise ClaraError(f"Upload {dataset['id']} {dataset['status']}: {error.get('message', 'no reason given')}")
     _announce(dataset, "Uploaded", as_json)
+
+
+def _wait(client: Client, dataset: dict[str, Any], interval: float = 1.0) -> dict[str, Any]:
+    """Poll the dataset until its job has ended, and return it then."""
+    while not dataset.get("is_terminal"):
+        time.sleep(interval)
+        dataset = client.get(f"{DATASETS}/{dataset['id']}")
+    return dataset
 
 
 @datasets.command("list")

@@ -107,15 +107,26 @@ def _part(kind: Any, data: Any, name: str, problems: list[str], **context: Any) 
     return part
 
 
+@dataclass(frozen=True)
+class BuildLimits:
+    """Deployment limits of a build's output."""
+
+    max_record_bytes: int | None = None
+    """Records whose text is larger are dropped and counted as removed too_large (CLARA_MAX_RECORD_BYTES)."""
+    escape_formulas: bool = True
+    """Escape CSV cells a spreadsheet would run as formulas (CLARA_CSV_ESCAPE_FORMULAS)."""
+
+
 def build_dataset(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceContext, out_dir: Path, *,
                   on_progress: Callable[[dict[str, Any]], None] | None = None,
-                  should_stop: Callable[[], bool] = lambda: False) -> BuildResult:
+                  should_stop: Callable[[], bool] = lambda: False,
+                  limits: BuildLimits = BuildLimits()) -> BuildResult:
     """Build the dataset into out_dir (written beside it, renamed when complete) and return its manifest."""
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        result = _build_into(spec, raw_spec, context, partial, on_progress, should_stop)
+        result = _build_into(spec, raw_spec, context, partial, on_progress, should_stop, limits)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -130,11 +141,11 @@ def build_dataset(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceC
 
 def _build_into(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceContext, out_dir: Path,
                 on_progress: Callable[[dict[str, Any]], None] | None,
-                should_stop: Callable[[], bool]) -> BuildResult:
+                should_stop: Callable[[], bool], limits: BuildLimits) -> BuildResult:
     """Stream every source through the pipeline into the writer; stop between batches when asked."""
     started = time.monotonic()
     pipeline = QualityPipeline(spec.quality)
-    writer = DatasetWriter(out_dir, spec.export_formats, spec.format.kind)
+    writer = DatasetWriter(out_dir, spec.export_formats, spec.format.kind, escape_formulas=limits.escape_formulas)
     records = {"train": 0, "validation": 0}
     format_counts = FormatCounts()
     unformatted = tokens = read = 0
@@ -155,7 +166,7 @@ def _build_into(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceCon
             tick = time.monotonic()
             by_split: dict[str, list[dict[str, Any]]] = {"train": [], "validation": []}
             for document in kept:
-                record = format_document(document, spec.format, format_counts)
+                record = format_document(document, spec.format, format_counts, limits.max_record_bytes)
                 if record is None:
                     unformatted += 1
                     continue
@@ -173,7 +184,7 @@ def _build_into(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceCon
     files = writer.close()
     seconds["format_split_export"] += time.monotonic() - tick
     manifest = _manifest(spec, raw_spec, pipeline.report(), records, files, unformatted, tokens, seconds,
-                         time.monotonic() - started)
+                         time.monotonic() - started, format_counts.dropped["too_large"])
     manifest["formatting"] = format_counts.to_dict()
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
@@ -182,7 +193,7 @@ def _build_into(spec: BuildSpec, raw_spec: Mapping[str, Any], context: SourceCon
 
 def _manifest(spec: BuildSpec, raw_spec: Mapping[str, Any], report: dict[str, Any], records: dict[str, int],
               files: dict[str, Any], unformatted: int, tokens: int, seconds: dict[str, float],
-              elapsed: float) -> dict[str, Any]:
+              elapsed: float, too_large: int) -> dict[str, Any]:
     """Everything a user needs to trust and reproduce the dataset."""
     counts = dict(report["counts"])
     counts["written"] = records["train"] + records["validation"]
@@ -193,7 +204,8 @@ def _manifest(spec: BuildSpec, raw_spec: Mapping[str, Any], report: dict[str, An
     return {
         "name": spec.name,
         "counts": counts,
-        "removed": {**report["removed"], "unformattable": unformatted},
+        # Records larger than the record limit are among the unformattable, and counted on their own.
+        "removed": {**report["removed"], "unformattable": unformatted, "too_large": too_large},
         "removed_by_filter": report.get("removed_by_filter", {}),
         "changed": report.get("changed", {}),
         "redactions": report["redactions"],

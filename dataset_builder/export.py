@@ -11,6 +11,8 @@ Parquet files name), so each file's sha256 addresses its content:
 - CSV: the same columns with a header row; chat's messages column holds the message list as a
   JSON string (the same dumps as JSONL), since CSV has no nested values. Values may contain
   newlines, so readers need pyarrow's `ParseOptions(newlines_in_values=True)` or an RFC 4180 reader.
+  Unless escape_formulas is off, a cell starting with =, +, -, @, a tab or a carriage return gets a
+  leading single quote, so a spreadsheet shows it as text instead of running it as a formula.
 
 out_dir must be fresh: files are created exclusively and never overwritten. Callers write into a
 temporary sibling directory and rename it into place once close() has returned.
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
@@ -49,6 +52,8 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "write_statistics": True,
 }
 CSV_OPTIONS = pcsv.WriteOptions(include_header=True, delimiter=",", quoting_style="needed")
+# The characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+FORMULA_START = r"^([=+\-@\t\r])"
 
 _MESSAGE = pa.struct([pa.field("role", pa.string(), nullable=False), pa.field("content", pa.string(), nullable=False)])
 SCHEMAS: dict[str, pa.Schema] = {
@@ -86,6 +91,7 @@ class DatasetWriter:
         *,
         row_group_rows: int = ROW_GROUP_ROWS,
         row_group_chars: int = ROW_GROUP_CHARS,
+        escape_formulas: bool = True,
     ) -> None:
         unknown = [name for name in formats if name not in FORMATS]
         if kind not in KINDS or unknown or not formats:
@@ -95,6 +101,7 @@ class DatasetWriter:
         self.kind = kind
         self._row_group_rows = row_group_rows
         self._row_group_chars = row_group_chars
+        self._escape_formulas = escape_formulas
         self._handles: dict[tuple[str, str], BinaryIO] = {}
         self._parquet: dict[str, pq.ParquetWriter] = {}
         self._csv: dict[str, pcsv.CSVWriter] = {}
@@ -158,11 +165,17 @@ class DatasetWriter:
         return sum(len(message["content"]) for message in messages)
 
     def _csv_table(self, records: list[dict[str, Any]]) -> pa.Table:
-        """Return a batch as CSV columns: chat's messages become JSON strings."""
+        """Return a batch as CSV columns: chat's messages become JSON strings, formulas are escaped."""
         if self.kind != "chat":
-            return pa.Table.from_pylist(records, schema=CSV_SCHEMAS[self.kind])
-        messages = [json.dumps(record["messages"], sort_keys=True, ensure_ascii=False) for record in records]
-        return pa.table({"messages": pa.array(messages, pa.string())}, schema=CSV_SCHEMAS["chat"])
+            table = pa.Table.from_pylist(records, schema=CSV_SCHEMAS[self.kind])
+        else:
+            messages = [json.dumps(record["messages"], sort_keys=True, ensure_ascii=False) for record in records]
+            table = pa.table({"messages": pa.array(messages, pa.string())}, schema=CSV_SCHEMAS["chat"])
+        if not self._escape_formulas:
+            return table
+        columns = [pc.replace_substring_regex(column, pattern=FORMULA_START, replacement=r"'\1", max_replacements=1)
+                   for column in table.columns]
+        return pa.Table.from_arrays(columns, schema=table.schema)
 
     def _add_rows(self, split: str, table: pa.Table, chars: list[int]) -> None:
         """Queue rows for Parquet, writing a row group each time the rows or characters reach the limit."""

@@ -52,6 +52,8 @@ RECORD_KEYS: dict[str, tuple[str, ...]] = {
 DEFAULT_TEXT_TEMPLATE = "{content}"
 DEFAULT_TITLED_TEXT_TEMPLATE = "{title}\n\n{content}"
 MAX_TEMPLATE_CHARS = 20_000
+MAX_FIELD_USES = 4
+"""How often one field may appear across a mapping's templates; more only amplifies a document."""
 CHARS_PER_TOKEN = 4
 
 # The first segment is a field name; later ones are dict keys, which may start with a digit
@@ -75,7 +77,7 @@ class FormatCounts:
     missing_fields: Counter[str] = field(default_factory=Counter)
     """Placeholder -> documents that had no value for it (it rendered as "")."""
     dropped: Counter[str] = field(default_factory=Counter)
-    """Reason -> documents that gave no record: "empty_<key>", "shape_mismatch", "invalid_upload"."""
+    """Reason -> documents that gave no record: "empty_<key>", "shape_mismatch", "invalid_upload", "too_large"."""
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         """Return the counts as plain, key-sorted dicts."""
@@ -160,12 +162,30 @@ def _mapping_problems(kind: str, mapping: Mapping[Any, Any]) -> list[str]:
             found.append(f"format.mapping.{key}: must be at most {MAX_TEMPLATE_CHARS} characters")
         else:
             found.extend(f"format.mapping.{key}: {problem}" for problem in template_problems(template))
+    found.extend(_repeat_problems(mapping))
     for key in REQUIRED_TEMPLATE_KEYS[kind]:
         template = mapping.get(key)
         if key not in mapping:
             found.append(f"format.mapping.{key}: required for kind {kind}")
         elif isinstance(template, str) and not template.strip():
             found.append(f"format.mapping.{key}: must not be empty")
+    return found
+
+
+def _repeat_problems(mapping: Mapping[Any, Any]) -> list[str]:
+    """Name the template where a field is used more than MAX_FIELD_USES times across the mapping."""
+    uses: Counter[str] = Counter()
+    found = []
+    for key, template in mapping.items():
+        if not isinstance(template, str) or template_problems(template):
+            continue
+        for _literal, name, _spec, _conversion in _FORMATTER.parse(template):
+            if name is None:
+                continue
+            uses[name] += 1
+            if uses[name] == MAX_FIELD_USES + 1:
+                found.append(f"format.mapping.{key}: placeholder {{{name}}} is used more than {MAX_FIELD_USES} "
+                             "times in the mapping; each use copies the whole field into the record")
     return found
 
 
@@ -200,19 +220,31 @@ def _compile(template: str) -> tuple[Segment, ...]:
     )
 
 
-def render(template: str, doc: Document, missing: set[str] | None = None) -> str:
-    """Render a template against a document, trimmed; placeholders without a value become ""."""
+class RecordTooLarge(ValueError):
+    """A rendered record would be larger than the record limit."""
+
+
+def render(template: str, doc: Document, missing: set[str] | None = None, max_chars: int | None = None) -> str:
+    """Render a template against a document, trimmed; placeholders without a value become "".
+
+    With max_chars, raise RecordTooLarge as soon as the text grows past it, before it is all assembled.
+    """
     out: list[str] = []
+    chars = 0
     for literal, path in _compile(template):
         out.append(literal)
-        if path is None:
-            continue
-        value = _lookup(doc, path)
-        if value is None:
-            if missing is not None:
-                missing.add(".".join(path))
-            continue
-        out.append(_as_text(value))
+        chars += len(literal)
+        if path is not None:
+            value = _lookup(doc, path)
+            if value is None:
+                if missing is not None:
+                    missing.add(".".join(path))
+            else:
+                text = _as_text(value)
+                out.append(text)
+                chars += len(text)
+        if max_chars is not None and chars > max_chars:
+            raise RecordTooLarge(f"more than {max_chars} characters")
     return "".join(out).strip()
 
 
@@ -258,12 +290,28 @@ def record_kind(record: Mapping[str, Any]) -> str | None:
     return shapes[0] if len(shapes) == 1 else None
 
 
-def format_document(doc: Document, spec: FormatSpec, counts: FormatCounts | None = None) -> dict[str, Any] | None:
-    """Return the record for a document, or None when a required part is empty or the shape does not fit.
+def format_document(doc: Document, spec: FormatSpec, counts: FormatCounts | None = None,
+                    max_bytes: int | None = None) -> dict[str, Any] | None:
+    """Return the record for a document, or None when a required part is empty, the shape does not fit,
+    or (with max_bytes) the record's text would be larger than max_bytes of UTF-8.
 
     The spec must be valid (problems() empty); counts, when given, collects missing fields and drops.
     """
     counts = counts if counts is not None else FormatCounts()
+    record = _format(doc, spec, counts, max_bytes)
+    if record is not None and max_bytes is not None and record_bytes(record) > max_bytes:
+        counts.dropped["too_large"] += 1
+        return None
+    return record
+
+
+def record_bytes(record: Mapping[str, Any]) -> int:
+    """A record's text in bytes of UTF-8: its string fields and its messages' contents."""
+    return sum(len(value.encode("utf-8")) for value in _record_strings(record))
+
+
+def _format(doc: Document, spec: FormatSpec, counts: FormatCounts, max_bytes: int | None) -> dict[str, Any] | None:
+    """The record for a document, before its size is checked."""
     if spec.mapping is None:
         if doc.source == UPLOAD_SOURCE:
             return _pass_through(doc, spec.kind, counts)
@@ -277,7 +325,12 @@ def format_document(doc: Document, spec: FormatSpec, counts: FormatCounts | None
     else:
         mapping = spec.mapping
     missing: set[str] = set()
-    rendered = {key: render(template, doc, missing) for key, template in mapping.items()}
+    try:
+        # A character is at least one byte, so more characters than max_bytes can never fit.
+        rendered = {key: render(template, doc, missing, max_bytes) for key, template in mapping.items()}
+    except RecordTooLarge:
+        counts.dropped["too_large"] += 1
+        return None
     counts.missing_fields.update(missing)
     for key in REQUIRED_TEMPLATE_KEYS[spec.kind]:
         if not rendered.get(key):

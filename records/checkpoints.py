@@ -10,6 +10,7 @@ from typing import Any
 from psycopg2.extras import Json
 
 from records.db import Database
+from records.jobs import add_event
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +51,13 @@ def list_checkpoints(db: Database, job_id: uuid.UUID) -> list[dict[str, Any]]:
         cur.execute("SELECT name AS id, step, created_at, metrics FROM training_checkpoints"
                     " WHERE job_id = %s ORDER BY step", (job_id,))
         return [dict(row) for row in cur.fetchall()]
+
+
+def forget_removed(cur, job_id: uuid.UUID, retention_hours: int) -> None:
+    """Record, in the caller's transaction, that retention deleted the ended job's checkpoint files."""
+    cur.execute("DELETE FROM training_checkpoints WHERE job_id = %s", (job_id,))
+    removed = cur.rowcount
+    cur.execute("UPDATE training_jobs SET checkpoints_removed_at = now() WHERE id = %s", (job_id,))
+    if removed:
+        add_event(cur, job_id, "log", f"Checkpoints removed {retention_hours} hours after the job ended; "
+                                      "the adapter is kept.", data={"checkpoints_removed": removed})

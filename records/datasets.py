@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 _COLUMNS = """
     d.id, d.name, d.description, d.kind, d.status, d.spec, d.owner_id, u.username AS owner, d.created_at,
     d.started_at, d.finished_at, d.progress, d.metrics, d.manifest, d.storage_path, d.error_code,
-    d.error_message, d.attempts, d.worker, d.task_id, d.cancel_requested
+    d.error_message, d.attempts, d.worker, d.task_id, d.cancel_requested, d.size_bytes
 """
 _FROM = "dataset_jobs d JOIN users u ON u.id = d.owner_id"
 
@@ -44,13 +44,14 @@ def create_dataset(db: Database, *, name: str, description: str, kind: str, spec
     return get_dataset(db, dataset_id)
 
 
-def complete_upload(db: Database, dataset_id: uuid.UUID, storage_path: str, manifest: dict[str, Any]) -> None:
-    """Mark an uploaded dataset as stored and usable."""
+def complete_upload(db: Database, dataset_id: uuid.UUID, storage_path: str, manifest: dict[str, Any],
+                    size_bytes: int | None = None) -> None:
+    """Mark a dataset as stored and usable, with the bytes its files take (the storage quota's)."""
     with db.transaction() as cur:
         cur.execute(
             "UPDATE dataset_jobs SET status = 'completed', started_at = created_at, finished_at = now(),"
-            " storage_path = %s, manifest = %s WHERE id = %s",
-            (storage_path, Json(manifest), dataset_id),
+            " storage_path = %s, manifest = %s, size_bytes = %s WHERE id = %s",
+            (storage_path, Json(manifest), size_bytes, dataset_id),
         )
         add_event(cur, dataset_id, "status", "Upload stored.", data={"status": "completed"}, kind=DATASETS)
 

@@ -12,7 +12,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from records import audit
-from records.db import Database
+from records.db import Database, execute_prepared
 
 logger = logging.getLogger(__name__)
 
@@ -162,13 +162,14 @@ def mark_enqueue_failed(db: Database, job_id: uuid.UUID, reason: str, kind: JobT
 
 def get_job(db: Database, job_id: uuid.UUID, owner_id: int | None = None) -> dict[str, Any]:
     """Return one job; with owner_id, only if that user owns it. Raise JobNotFound otherwise."""
-    query = f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE j.id = %s"
+    # A status poll: one prepared statement outside a transaction, the cheapest read PostgreSQL offers.
+    query = f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE j.id = $1"
     params: list[Any] = [job_id]
     if owner_id is not None:
-        query += " AND j.owner_id = %s"
+        query += " AND j.owner_id = $2"
         params.append(owner_id)
-    with db.transaction() as cur:
-        cur.execute(query, params)
+    with db.read() as cur:
+        execute_prepared(cur, query, params)
         row = cur.fetchone()
     if row is None:
         raise JobNotFound(str(job_id))
@@ -178,29 +179,31 @@ def get_job(db: Database, job_id: uuid.UUID, owner_id: int | None = None) -> dic
 def list_jobs(db: Database, *, owner_id: int | None, status: str | None, limit: int,
               after: uuid.UUID | None) -> tuple[list[dict[str, Any]], bool]:
     """Return a page of jobs, newest first, and whether more follow; `after` is the last id seen."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
+
+    def condition(text: str, *values: Any) -> None:
+        """Add a condition whose {} are the next $n placeholders."""
+        where.append(text.format(*(f"${len(params) + n}" for n in range(1, len(values) + 1))))
+        params.extend(values)
+
     if owner_id is not None:
-        where.append("j.owner_id = %s")
-        params.append(owner_id)
+        condition("j.owner_id = {}", owner_id)
     if status is not None:
-        where.append("j.status = %s")
-        params.append(status)
-    with db.transaction() as cur:
+        condition("j.status = {}", status)
+    # Reads outside a transaction: the cursor row and the page need no common snapshot, as a page after a
+    # cursor is only ever defined by the cursor's (created_at, id).
+    with db.read() as cur:
         if after is not None:
-            cur.execute(
-                "SELECT created_at, id FROM training_jobs WHERE id = %s AND (%s::bigint IS NULL OR owner_id = %s)",
-                (after, owner_id, owner_id),
-            )
+            execute_prepared(cur, "SELECT created_at, id FROM training_jobs"
+                                  " WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)", (after, owner_id))
             cursor_row = cur.fetchone()
             if cursor_row is None:
                 raise UnknownCursor(str(after))
-            where.append("(j.created_at, j.id) < (%s, %s)")
-            params += [cursor_row["created_at"], cursor_row["id"]]
+            condition("(j.created_at, j.id) < ({}, {})", cursor_row["created_at"], cursor_row["id"])
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        cur.execute(
-            f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} {clause} ORDER BY j.created_at DESC, j.id DESC LIMIT %s",
-            params + [limit + 1],
-        )
+        execute_prepared(cur, f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} {clause}"
+                              f" ORDER BY j.created_at DESC, j.id DESC LIMIT ${len(params) + 1}", [*params, limit + 1])
         rows = [dict(row) for row in cur.fetchall()]
     return rows[:limit], len(rows) > limit
 
@@ -250,8 +253,8 @@ def request_cancel(db: Database, job_id: uuid.UUID, owner_id: int | None = None,
                       kind=kind)
 
 
-def count_active(db: Database) -> int:
-    """Number of jobs running now."""
-    with db.transaction() as cur:
+def count_active(db: Database, wait: float | None = None) -> int:
+    """Number of jobs running now; `wait` bounds the wait for a free pooled connection."""
+    with db.read(wait=wait) as cur:
         cur.execute("SELECT count(*) AS n FROM training_jobs WHERE status = 'running'")
         return cur.fetchone()["n"]

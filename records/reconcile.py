@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from records.jobs import JobTable, add_event
+from records.jobs import TERMINAL_STATUSES, JobTable, add_event
 
 # One key for every host's reconciler, so that only one pass runs at a time (pg_try_advisory_xact_lock).
 LOCK_KEY = 0x436C6172615F72  # "Clara_r"
@@ -67,3 +67,15 @@ def note_requeued(cur, kind: JobTable, stray: Stray, task_id: str) -> None:
     status = cur.fetchone()["status"]
     add_event(cur, stray.job_id, "status", f"Re-queued by the reconciler: {stray.reason}.", level="warning",
               data={"status": status, "requeued": True}, kind=kind)
+
+
+def lock_expired_checkpoints(cur, *, retention_hours: int, limit: int) -> list[dict]:
+    """Lock and return up to `limit` ended jobs whose checkpoints outlived the retention, oldest end first."""
+    cur.execute(
+        "SELECT id, adapter_path FROM training_jobs"
+        " WHERE status = ANY(%s) AND checkpoints_removed_at IS NULL"
+        " AND finished_at < now() - make_interval(hours => %s)"
+        " ORDER BY finished_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
+        (list(TERMINAL_STATUSES), retention_hours, limit),
+    )
+    return [dict(row) for row in cur.fetchall()]

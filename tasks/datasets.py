@@ -1,4 +1,8 @@
-"""The dataset build task: take a dataset id, claim its row, run the builder, record the manifest."""
+"""The dataset task: take a dataset id, claim its row, build it or store its upload, record the manifest.
+
+A job past CLARA_DATASET_TIME_LIMIT stops between batches and ends failed with code time_limit; Celery's
+soft limit, where configured for clara.build_dataset, is the backstop for a batch that never ends.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 import structured_logs
 from records import attempts
@@ -55,8 +60,8 @@ def source_context(db: Database, settings: Settings):
 
 def run_dataset_job(db: Database, settings: Settings, dataset_id: uuid.UUID, *, worker: str,
                     publish=None) -> dict[str, Any]:
-    """Claim the dataset job, build it, and record how it ended."""
-    from dataset_builder.build import BuildSpecError, build_dataset, parse_spec
+    """Claim the dataset job, build or store it, and record how it ended."""
+    from dataset_builder.upload_dataset import incoming_path
 
     attempt_id = uuid.uuid4().hex
     claim = attempts.claim(db, dataset_id, attempt_id=attempt_id, worker=worker, kind=DATASETS,
@@ -66,44 +71,100 @@ def run_dataset_job(db: Database, settings: Settings, dataset_id: uuid.UUID, *, 
                 "retry_in": max(1.0, claim.lease_seconds_left) + LEASE_GRACE_SECONDS}
     if claim.outcome is not Claim.CLAIMED:
         logger.info("Delivery of dataset job %s not run: %s.", dataset_id, claim.outcome.value)
+        if claim.outcome in (Claim.FINISHED, Claim.CANCELLED, Claim.EXHAUSTED):
+            # An upload cancelled or deleted before it ran leaves its file behind.
+            incoming_path(settings.datasets_dir, dataset_id).unlink(missing_ok=True)
         return {"job_id": str(dataset_id), "outcome": claim.outcome.value}
     structured_logs.set_user(f"user:{claim.job['owner_id']}")
     lost = threading.Event()
     lease = LeaseKeeper(db, dataset_id, attempt_id, settings.lease_seconds, on_lost=lost.set, kind=DATASETS)
-    watcher = _Watcher(db, dataset_id, attempt_id, lost, publish)
+    watcher = _Watcher(db, dataset_id, attempt_id, lost, publish,
+                       deadline=time.monotonic() + settings.dataset_time_limit)
     lease.start()
     out_dir = settings.datasets_dir / str(dataset_id)
+    upload = claim.job["kind"] == "upload"
     try:
-        context = source_context(db, settings)
-        spec = parse_spec(claim.job["spec"], context)
-        result = build_dataset(spec, claim.job["spec"], context, out_dir, on_progress=watcher.progress,
-                               should_stop=watcher.should_stop)
-        if result.status == "completed":
-            manifest = result.manifest
-            status, message, fields = "completed", "Dataset built.", {
-                "metrics": {"records": manifest["records"], "token_estimate": manifest["token_estimate"]},
-                "columns": {"manifest": manifest, "storage_path": str(out_dir)}}
-        else:
-            status, message, fields = "cancelled", "Dataset build cancelled.", {}
-    except BuildSpecError as exc:
-        status, message, fields = "failed", f"Dataset build failed: {exc}", {"error": ("invalid_spec", str(exc))}
+        run = _store_upload if upload else _build
+        status, message, fields = run(db, claim.job, settings, out_dir, watcher)
+    except SoftTimeLimitExceeded:
+        status, message, fields = "cancelled", "", {}
+        watcher.timed_out = True
     except Exception as exc:
         logger.exception("Dataset job %s failed.", dataset_id)
         text = f"{type(exc).__name__}: {exc}"
         status, message, fields = "failed", f"Dataset build failed: {text}", {"error": ("build_error", text)}
     finally:
         lease.stop()
-    attempts.finish(db, dataset_id, attempt_id, status, message, kind=DATASETS, **fields)
+    if status == "cancelled" and watcher.timed_out:
+        text = f"The dataset job ran past its time limit of {settings.dataset_time_limit} seconds."
+        status, message, fields = "failed", f"Dataset build failed: {text}", {"error": ("time_limit", text)}
+    owned = attempts.finish(db, dataset_id, attempt_id, status, message, kind=DATASETS, **fields)
+    if upload and owned:
+        incoming_path(settings.datasets_dir, dataset_id).unlink(missing_ok=True)
     logger.info("Dataset job %s ended %s.", dataset_id, status)
     return {"job_id": str(dataset_id), "outcome": status}
+
+
+Outcome = tuple[str, str, dict[str, Any]]
+
+
+def _build(db: Database, job: dict[str, Any], settings: Settings, out_dir: Path, watcher: _Watcher) -> Outcome:
+    """Build a dataset from its spec."""
+    from dataset_builder.build import BuildLimits, BuildSpecError, build_dataset, parse_spec
+
+    try:
+        context = source_context(db, settings)
+        spec = parse_spec(job["spec"], context)
+    except BuildSpecError as exc:
+        return "failed", f"Dataset build failed: {exc}", {"error": ("invalid_spec", str(exc))}
+    limits = BuildLimits(max_record_bytes=settings.max_record_bytes, escape_formulas=settings.csv_escape_formulas)
+    result = build_dataset(spec, job["spec"], context, out_dir, on_progress=watcher.progress,
+                           should_stop=watcher.should_stop, limits=limits)
+    if result.status != "completed":
+        return "cancelled", "Dataset build cancelled.", {}
+    return "completed", "Dataset built.", _completed(result.manifest, out_dir)
+
+
+def _store_upload(db: Database, job: dict[str, Any], settings: Settings, out_dir: Path,
+                  watcher: _Watcher) -> Outcome:
+    """Check an uploaded file record by record, store and export it."""
+    from dataset_builder.sources.uploads import UploadLimits
+    from dataset_builder.upload_dataset import UploadRejected, incoming_path, store_uploaded_dataset
+
+    spec = job["spec"]
+    incoming = incoming_path(settings.datasets_dir, job["id"])
+    if not incoming.is_file():
+        text = "The uploaded file is no longer on disk; upload it again."
+        return "failed", f"Upload failed: {text}", {"error": ("upload_missing", text)}
+    try:
+        manifest = store_uploaded_dataset(
+            incoming, spec["format"], out_dir, dataset_id=str(job["id"]), name=job["name"],
+            filename=spec["filename"], limits=UploadLimits.from_settings(settings),
+            escape_formulas=settings.csv_escape_formulas, should_stop=watcher.should_stop)
+    except UploadRejected as exc:
+        text = f"The file has bad records: {'; '.join(exc.problems)}"
+        return "failed", f"Upload failed: {text}", {"error": ("invalid_records", text)}
+    if manifest is None:
+        return "cancelled", "Upload cancelled.", {}
+    return "completed", "Upload stored.", _completed(manifest, out_dir)
+
+
+def _completed(manifest: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """What a completed dataset's row records: its manifest, where its files are and their size."""
+    from dataset_builder.upload_dataset import directory_bytes
+
+    return {"metrics": {"records": manifest["records"], "token_estimate": manifest["token_estimate"]},
+            "columns": {"manifest": manifest, "storage_path": str(out_dir), "size_bytes": directory_bytes(out_dir)}}
 
 
 class _Watcher:
     """Carries build progress to the row and Celery, and the cancel flag back, at most once a second."""
 
     def __init__(self, db: Database, dataset_id: uuid.UUID, attempt_id: str, lost: threading.Event,
-                 publish) -> None:
+                 publish, deadline: float) -> None:
         self.db, self.dataset_id, self.attempt_id, self.lost, self.publish = db, dataset_id, attempt_id, lost, publish
+        self.deadline = deadline
+        self.timed_out = False
         self._last_check = 0.0
         self._last_write = 0.0
         self._stop = False
@@ -124,8 +185,11 @@ class _Watcher:
             logger.warning("Could not record progress of dataset job %s: %s", self.dataset_id, exc)
 
     def should_stop(self) -> bool:
-        """True once the build was cancelled or this attempt lost the job."""
+        """True once the build was cancelled, ran past its time limit, or this attempt lost the job."""
         now = time.monotonic()
+        if now >= self.deadline:
+            self.timed_out = True
+            return True
         if not self._stop and now - self._last_check >= CANCEL_CHECK_SECONDS:
             self._last_check = now
             try:

@@ -1,5 +1,7 @@
 """The reconciler: puts jobs the broker lost back on it, from PostgreSQL, on every worker host.
 
+Each pass also deletes the checkpoints of jobs that ended more than CLARA_CHECKPOINT_RETENTION_HOURS ago.
+
 Redis may restart empty, be flushed, or lose a running task with a dead worker host for a whole visibility
 timeout; PostgreSQL still knows every job. Each worker runs a pass when it starts and every
 CLARA_RECONCILE_SECONDS after; a PostgreSQL advisory lock lets only one host's pass run at a time, and a
@@ -10,13 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 import redis
 from celery import Celery
 from kombu.transport.redis import Channel
 
+from records import checkpoints
 from records import reconcile as queries
 from records.db import Database, DatabaseUnavailable
 from records.jobs import DATASETS, TRAINING, JobTable
@@ -32,6 +37,8 @@ TASKS: tuple[tuple[JobTable, str, str], ...] = (
 # The API publishes for up to about 3.25 broker timeouts (api/enqueue.py); a pending job younger than this
 # may still be on its way to the broker.
 PUBLISH_TIMEOUTS = 4
+# Ended jobs whose checkpoints one pass deletes; the rest wait for the next pass, so a pass stays short.
+RETENTION_BATCH = 50
 
 
 def broker_task_ids(client: redis.Redis, queues: Iterable[str]) -> tuple[set[str], set[str]]:
@@ -103,6 +110,42 @@ def reconcile(db: Database, app: Celery, settings: Settings, client: redis.Redis
     return requeued
 
 
+def remove_expired_checkpoints(db: Database, settings: Settings) -> int:
+    """Delete the checkpoints of jobs that ended checkpoint_retention_hours ago, unless another host is at it.
+
+    Returns how many jobs' checkpoints went. The published adapter, in output_dir, is never touched.
+    """
+    removed = 0
+    with db.transaction() as cur:
+        if not queries.try_lock(cur):
+            return 0
+        for job in queries.lock_expired_checkpoints(cur, retention_hours=settings.checkpoint_retention_hours,
+                                                    limit=RETENTION_BATCH):
+            directory = settings.checkpoints_dir / str(job["id"])
+            if job["adapter_path"] and directory.resolve() == Path(job["adapter_path"]).resolve():
+                logger.error("Not removing checkpoints of job %s: %s is its adapter.", job["id"], directory)
+                continue
+            try:
+                _remove_tree(directory)
+            except OSError as exc:
+                logger.warning("Could not remove the checkpoints of job %s; the next pass tries again: %s",
+                               job["id"], exc)
+                continue
+            checkpoints.forget_removed(cur, job["id"], settings.checkpoint_retention_hours)
+            removed += 1
+    if removed:
+        logger.info("Removed the checkpoints of %s ended jobs past their retention.", removed)
+    return removed
+
+
+def _remove_tree(directory: Path) -> None:
+    """Delete a directory tree; a symlink in its place is unlinked, never followed."""
+    if directory.is_symlink():
+        directory.unlink()
+    elif directory.exists():
+        shutil.rmtree(directory)
+
+
 class Reconciler:
     """Runs a reconcile pass at once and then every reconcile_seconds, in a background thread."""
 
@@ -129,6 +172,14 @@ class Reconciler:
 
     def run_once(self) -> int:
         """One pass; failures are logged, since the next pass tries again."""
+        try:
+            remove_expired_checkpoints(self.db, self.settings)
+        except DatabaseUnavailable as exc:
+            logger.warning("Could not remove expired checkpoints; trying again in %s seconds: %s",
+                           self.settings.reconcile_seconds, exc)
+        except Exception:  # Retention failing must not keep jobs off the broker.
+            logger.exception("Removing expired checkpoints failed; trying again in %s seconds.",
+                             self.settings.reconcile_seconds)
         try:
             return reconcile(self.db, self.app, self.settings, self.client)
         except (DatabaseUnavailable, redis.RedisError) as exc:

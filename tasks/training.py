@@ -22,6 +22,7 @@ import structured_logs
 from records import attempts, checkpoints
 from records.db import Database, DatabaseUnavailable, retry_unavailable
 from records.jobs import TRAINING, Claim, JobNotFound, add_event, get_job
+from records.storage import directory_bytes
 from settings import Settings
 from tasks import worker_metrics
 from tasks.delivery import progress_publisher, worker_name
@@ -30,6 +31,7 @@ from trainers.checkpoints import Checkpoint, CheckpointStore
 from trainers.config import LoraHyperparameters, TrainingConfigError
 from trainers.continuous import ParentJob
 from trainers.progress import ProgressReporter, TrainingProgress
+from trainers.record_format import InvalidDataset
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +214,7 @@ def _published_earlier(job: dict[str, Any], settings: Settings) -> tuple[str, st
         return None
     logger.info("Job %s already has a published adapter in %s; recording it as completed.", job["id"], output_dir)
     return "completed", "Job completed (its adapter was published by an earlier attempt).", {
-        "metrics": metrics, "columns": {"adapter_path": str(output_dir)}}
+        "metrics": metrics, "columns": {"adapter_path": str(output_dir), "adapter_bytes": directory_bytes(output_dir)}}
 
 
 def _request(db: Database, job: dict[str, Any], settings: Settings) -> Any:
@@ -242,6 +244,8 @@ def _request(db: Database, job: dict[str, Any], settings: Settings) -> Any:
         parent=parent,
         checkpoint_dir=settings.checkpoints_dir / str(job["id"]),
         cache_dir=settings.cache_dir / "tokens",
+        max_evaluations=settings.max_evaluations_per_run,
+        max_checkpoints=settings.max_checkpoints_per_run,
     )
 
 
@@ -259,6 +263,8 @@ def _train(db: Database, job: dict[str, Any], settings: Settings,
             result = train(request, reporter)
         finally:
             token_cache.prune(request.cache_dir, settings.token_cache_max_bytes)
+    except InvalidDataset as exc:
+        return "failed", f"Job failed: bad records: {exc}", {"error": ("invalid_dataset", f"Bad records: {exc}")}
     except TrainingConfigError as exc:
         return "failed", f"Job failed: {exc}", {"error": ("invalid_configuration", str(exc))}
     except ModelLoadError as exc:
@@ -273,8 +279,8 @@ def _train(db: Database, job: dict[str, Any], settings: Settings,
         message = f"{type(exc).__name__}: {exc}"
         return "failed", f"Job failed: {message}", {"error": ("training_error", message)}
     if result.status == "completed":
-        return "completed", "Job completed.", {"metrics": result.metrics,
-                                               "columns": {"adapter_path": str(result.adapter_dir)}}
+        return "completed", "Job completed.", {"metrics": result.metrics, "columns": {
+            "adapter_path": str(result.adapter_dir), "adapter_bytes": directory_bytes(Path(result.adapter_dir))}}
     step = reporter.last_step
     if result.status == "handed_back":
         saved = reporter.last_checkpoint_step

@@ -74,8 +74,8 @@ class CheckpointStore:
         checkpoints = self.list()
         return checkpoints[-1] if checkpoints else None
 
-    def publish(self, step: int, created_at: str, metrics: dict[str, Any]) -> Checkpoint:
-        """Move staging/checkpoint-<step>, written by the Trainer, into place; then prune old ones."""
+    def publish(self, step: int, created_at: str, metrics: dict[str, Any], keep: int | None = None) -> Checkpoint:
+        """Move staging/checkpoint-<step>, written by the Trainer, into place; then prune old ones but `keep`'s."""
         staged = self.staging / f"{PREFIX}{step}"
         missing = [name for name in REQUIRED_FILES if not (staged / name).is_file()]
         if missing:
@@ -92,14 +92,19 @@ class CheckpointStore:
         os.replace(staged, final)
         _fsync_directory(self.directory)
         logger.info("Checkpoint at step %s is complete in %s.", step, final)
-        self.last_pruned = self.prune()
+        self.last_pruned = self.prune(keep)
         return Checkpoint(step, final, created_at, metrics)
 
-    def prune(self) -> list[int]:
-        """Delete the oldest complete checkpoints beyond the limit; return their steps."""
+    def prune(self, keep: int | None = None) -> list[int]:
+        """Delete the oldest complete checkpoints beyond the limit, never the one at step `keep`; return their steps.
+
+        Early stopping passes the step of the best evaluation so far, whose weights it may still publish.
+        """
         checkpoints = self.list()
         removed = []
         for checkpoint in checkpoints[: max(0, len(checkpoints) - self.limit)]:
+            if checkpoint.step == keep:
+                continue
             # Renaming first makes the deletion atomic for readers: the name vanishes at once.
             doomed = self.staging / f"deleting-{checkpoint.path.name}"
             os.replace(checkpoint.path, doomed)

@@ -65,7 +65,7 @@ class LoraHyperparameters:
     learning_rate: float = 2e-4
     """Peak learning rate of the linear schedule."""
     batch_size: int = 4
-    """Records per forward pass."""
+    """Records per forward pass, packed or not; an optimizer step trains on batch_size * gradient_accumulation_steps."""
     gradient_accumulation_steps: int = 1
     """Forward passes whose gradients add up to one optimizer step."""
     max_seq_length: int = 512
@@ -83,19 +83,19 @@ class LoraHyperparameters:
     seed: int = 42
     """Seed for weight initialisation, dropout and data order."""
     packing: bool | str = "auto"
-    """Pack short records into full sequences; "auto" packs when record lengths are mixed."""
+    """Lay a batch's records out in shared rows instead of padding each; "auto" packs when that saves padding."""
     gradient_checkpointing: bool | None = None
     """Recompute activations in the backward pass to save memory; None: on for qlora, off otherwise."""
     quantization_bits: int | None = None
     """qlora only: 4 (NF4 with double quantisation) or 8; None means 4 for qlora."""
     save_steps: int | None = None
-    """Optimizer steps between checkpoints; None: about every tenth of the run."""
+    """Optimizer steps between checkpoints; None: about every tenth of the run. Raised to bound checkpoints per run."""
     save_total_limit: int = 2
     """Checkpoints kept; older ones are deleted once a newer one is complete."""
     validation_split: float = 0.0
     """Share of the training file held out for evaluation when no validation split is given."""
     eval_steps: int | None = None
-    """Optimizer steps between evaluations; None: about every tenth of the run."""
+    """Optimizer steps between evaluations; None: about every tenth of the run. Raised to bound evaluations per run."""
     early_stopping_patience: int | None = None
     """Stop after this many evaluations without a lower eval_loss, keeping the best one's weights; None never stops."""
     replay_fraction: float = 0.0

@@ -48,6 +48,15 @@ def default_interval(total_steps: int) -> int:
     return max(1, math.ceil(total_steps / EVALUATIONS_PER_RUN))
 
 
+def effective_interval(requested: int | None, total_steps: int, max_per_run: int) -> int:
+    """Steps between evaluations or checkpoints: as requested, or a tenth of the run, yet at most max_per_run a run.
+
+    Each evaluation and checkpoint writes an event (and a checkpoint writes files), so a tiny interval on a long
+    run would write without bound.
+    """
+    return max(requested or default_interval(total_steps), math.ceil(total_steps / max_per_run), 1)
+
+
 def planned_steps(num_examples: int, batch_size: int, gradient_accumulation_steps: int, num_epochs: float,
                   max_steps: int | None) -> int:
     """The optimizer steps a run will take, as the Trainer counts them."""
@@ -65,6 +74,16 @@ class EarlyStopping:
         self.patience = patience
         self.best: float | None = None
         self.bad_evaluations = 0
+
+    def state(self) -> dict[str, float | int | None]:
+        """What a checkpoint keeps so that a resumed run goes on counting."""
+        return {"best": self.best, "bad_evaluations": self.bad_evaluations}
+
+    def restore(self, state: dict[str, float | int | None]) -> None:
+        """Take up the count a checkpoint kept."""
+        best = state.get("best")
+        self.best = float(best) if best is not None else None
+        self.bad_evaluations = int(state.get("bad_evaluations") or 0)
 
     def update(self, eval_loss: float) -> bool:
         """Record an evaluation; return True when training should stop."""

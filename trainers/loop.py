@@ -9,10 +9,12 @@ from typing import Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers.trainer_utils import EvalLoopOutput
 
 from trainers.checkpoints import CheckpointStore
 from trainers.config import LoraHyperparameters
-from trainers.evaluation import default_interval, perplexity
+from trainers.data import IGNORE_INDEX
+from trainers.evaluation import perplexity
 from trainers.progress import ReporterCallback
 
 logger = logging.getLogger(__name__)
@@ -21,7 +23,11 @@ REAL_TOKENS_KEY = "num_real_tokens"
 
 
 class ClaraTrainer(Trainer):
-    """A Trainer that counts the non-padding tokens its collators report, packed or padded alike."""
+    """A Trainer that counts the real tokens its collators report, pads eval batches and averages eval loss by token."""
+
+    def __init__(self, *args: Any, eval_data_collator: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
@@ -32,6 +38,45 @@ class ClaraTrainer(Trainer):
             self.state.num_input_tokens_seen += int(real_tokens)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
+        """Batch evaluation data with the padding collator, so eval losses compare across packed and padded runs."""
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator = self.data_collator
+        self.data_collator = self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def evaluation_loop(self, dataloader: torch.utils.data.DataLoader, description: str,
+                        prediction_loss_only: bool | None = None, ignore_keys: list[str] | None = None,
+                        metric_key_prefix: str = "eval") -> EvalLoopOutput:
+        """The loss summed over every trained token of the dataset, divided by their count.
+
+        The Trainer's own loop averages the means of its batches, so the figure would change with the batch size
+        and weigh a token of a short record more than one of a long record.
+        """
+        model = self.model
+        model.eval()
+        self.callback_handler.eval_dataloader = dataloader
+        loss_sum = 0.0
+        tokens = samples = 0
+        for batch in dataloader:
+            inputs = self._prepare_inputs(batch)
+            inputs.pop(REAL_TOKENS_KEY, None)
+            labels = inputs.pop("labels")
+            with torch.no_grad(), self.compute_loss_context_manager():
+                logits = model(**inputs).logits
+            # Position i predicts label i + 1, as in the model's own loss.
+            targets = labels[:, 1:].to(logits.device)
+            loss_sum += float(torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"))
+            tokens += int((targets != IGNORE_INDEX).sum())
+            samples += labels.shape[0]
+        metrics = {f"{metric_key_prefix}_loss": loss_sum / tokens} if tokens else {}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)
 
 
 @dataclass
@@ -45,12 +90,15 @@ class LoopPlan:
     gradient_checkpointing: bool
     device: str
     bf16: bool
+    eval_interval: int
+    """Optimizer steps between evaluations, after the floor that bounds evaluations per run."""
+    save_interval: int
+    """Optimizer steps between checkpoints, after the floor that bounds checkpoints per run."""
 
 
 def training_arguments(hyperparameters: LoraHyperparameters, plan: LoopPlan, scratch_dir: Path) -> TrainingArguments:
     """Translate hyperparameters and the plan into Trainer arguments; checkpoints go to staging first."""
     max_steps = hyperparameters.max_steps
-    interval = default_interval(plan.total_steps)
     evaluate = plan.has_validation
     return TrainingArguments(
         output_dir=str(plan.store.staging if plan.store else scratch_dir),
@@ -68,11 +116,11 @@ def training_arguments(hyperparameters: LoraHyperparameters, plan: LoopPlan, scr
         logging_strategy="steps",
         logging_steps=1,
         save_strategy="steps" if plan.store else "no",
-        save_steps=hyperparameters.save_steps or interval,
+        save_steps=plan.save_interval,
         # CheckpointStore keeps the count: the Trainer's rotation would delete inside staging only.
         save_total_limit=None,
         eval_strategy="steps" if evaluate else "no",
-        eval_steps=(hyperparameters.eval_steps or interval) if evaluate else None,
+        eval_steps=plan.eval_interval if evaluate else None,
         prediction_loss_only=True,
         report_to="none",
         disable_tqdm=True,
@@ -96,25 +144,12 @@ def make_trainer(model: torch.nn.Module, hyperparameters: LoraHyperparameters, p
         args=training_arguments(hyperparameters, plan, scratch_dir),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=_TrainOrEvalCollator(train_collator, eval_collator),
+        data_collator=train_collator,
+        eval_data_collator=eval_collator,
         callbacks=[callback],
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
-
-
-class _TrainOrEvalCollator:
-    """Packs training batches and pads evaluation batches, so eval losses compare across runs."""
-
-    def __init__(self, train_collator: Any, eval_collator: Any) -> None:
-        self.train_collator = train_collator
-        self.eval_collator = eval_collator
-
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        # Packed rows carry position_ids; encoded records do not.
-        if features and "position_ids" in features[0]:
-            return self.train_collator(features)
-        return self.eval_collator(features)
 
 
 def evaluate(trainer: ClaraTrainer, dataset: torch.utils.data.Dataset, prefix: str) -> dict[str, float | None]:

@@ -8,10 +8,12 @@ import logging
 import os
 import shutil
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import huggingface_hub
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -32,10 +34,11 @@ from trainers.checkpoints import CheckpointStore
 from trainers.config import ALL_LINEAR, LoraHyperparameters, TrainingConfigError
 from trainers.continuous import ParentJob, adapter_settings, parent_problems
 from trainers.devices import supports_bf16, training_device
-from trainers.evaluation import perplexity, planned_steps
+from trainers.evaluation import effective_interval, perplexity, planned_steps
+from trainers.model_loading import from_pretrained
 from trainers.progress import ProgressReporter, ReporterCallback
 from trainers.quantization import load_quantized_model, quantization_problems
-from trainers.record_format import dataset_problems
+from trainers.record_format import InvalidDataset, dataset_problems
 from trainers.training_data import TrainingData, prepare
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,8 @@ METRICS_FILE = "metrics.json"
 LORA_MODULE_TYPES = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
                      torch.nn.MultiheadAttention, Conv1D)
 MAX_REASON_LENGTH = 300
+# Metrics and checkpoint key of the hub commit the base model was loaded from; None for a local directory.
+REVISION_KEY = "base_model_revision"
 
 
 class ModelLoadError(RuntimeError):
@@ -78,6 +83,12 @@ class TrainingRequest:
     """Where checkpoints go; a run finding one here resumes from it. None: no checkpoints."""
     cache_dir: Path | None = None
     """Where encoded datasets are cached; None: no cache."""
+    max_evaluations: int = 200
+    """Evaluations one run makes at most; a smaller eval_steps is raised to fit."""
+    max_checkpoints: int = 100
+    """Checkpoints one run saves at most; a smaller save_steps is raised to fit."""
+    base_model_revision: str | None = None
+    """Hub commit to load; None: the newest, which the run then pins in its checkpoints and metrics."""
 
 
 @dataclass
@@ -105,10 +116,14 @@ def check_request(request: TrainingRequest) -> None:
     """Validate a request without loading weights; raise one TrainingConfigError listing every problem."""
     hyperparameters = request.hyperparameters
     problems = list(hyperparameters.problems()) + hyperparameters.trainer_type_problems(request.trainer_type)
-    problems.extend(f"dataset: {problem}" for problem in dataset_problems(Path(request.dataset_path)))
+    bad_records = [f"dataset: {problem}" for problem in dataset_problems(Path(request.dataset_path))]
     if request.validation_path is not None:
-        problems.extend(f"validation: {problem}" for problem in dataset_problems(Path(request.validation_path)))
-    elif hyperparameters.early_stopping_patience and not hyperparameters.validation_split:
+        bad_records.extend(f"validation: {problem}" for problem in dataset_problems(Path(request.validation_path)))
+    if bad_records:
+        # The API checks only a sample at submission; this reads every line and names the bad ones.
+        raise InvalidDataset(bad_records)
+    if request.validation_path is None and hyperparameters.early_stopping_patience \
+            and not hyperparameters.validation_split:
         problems.append("early_stopping_patience: needs validation data; set validation_split or train on a "
                         "dataset with a validation split")
     problems.extend(_output_dir_problems(Path(request.output_dir)))
@@ -119,7 +134,7 @@ def check_request(request: TrainingRequest) -> None:
     bits = quantization_bits(request)
     if bits is not None and not any(p.startswith("quantization_bits:") for p in problems):
         problems.extend(quantization_problems(bits, training_device()))
-    config, problem = _load_config(str(request.base_model))
+    config, problem = _load_config(str(request.base_model), _pinned_revision(request))
     if problem:
         problems.append(problem)
     elif request.trainer_type != "continuous" and not any(p.startswith("target_modules:") for p in problems):
@@ -138,13 +153,13 @@ def _output_dir_problems(output_dir: Path) -> list[str]:
     return []
 
 
-def _load_config(base_model: str) -> tuple[PretrainedConfig | None, str | None]:
+def _load_config(base_model: str, revision: str | None = None) -> tuple[PretrainedConfig | None, str | None]:
     """Load the base model's configuration, or return a problem saying why it cannot be loaded."""
     looks_local = Path(base_model).is_absolute() or base_model.startswith((".", "~"))
     if looks_local and not Path(base_model).expanduser().is_dir():
         return None, f"base_model: cannot load {base_model} (no such directory)"
     try:
-        return AutoConfig.from_pretrained(base_model), None
+        return AutoConfig.from_pretrained(base_model, revision=revision), None
     except (OSError, ValueError, KeyError) as error:
         return None, f"base_model: cannot load {base_model} ({_reason(error)})"
 
@@ -192,10 +207,25 @@ def _reason(error: BaseException) -> str:
     return reason if len(reason) <= MAX_REASON_LENGTH else reason[: MAX_REASON_LENGTH - 3] + "..."
 
 
-def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
+def resolve_revision(base_model: str, requested: str | None) -> str | None:
+    """The hub commit tokenizer and weights are loaded from, so both come from one; None for a local directory."""
+    if Path(base_model).expanduser().is_dir():
+        return None
+    try:
+        # Offline, the cache's refs/ answer; a branch that moved on since is not followed then.
+        resolved = huggingface_hub.resolve_revision(base_model, revision=requested,
+                                                    local_files_only=huggingface_hub.constants.HF_HUB_OFFLINE)
+    except (huggingface_hub.errors.RevisionResolutionError, huggingface_hub.errors.HfHubHTTPError, OSError) as error:
+        # Loading reports a missing model better; a revision that cannot be resolved is loaded as asked.
+        logger.warning("Could not resolve the revision %s of %s: %s", requested or "main", base_model, _reason(error))
+        return requested
+    return resolved.resolved
+
+
+def load_tokenizer(base_model: str, revision: str | None = None) -> PreTrainedTokenizerBase:
     """Load the base model's tokenizer and make sure it can pad."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        tokenizer = AutoTokenizer.from_pretrained(base_model, revision=revision)
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"Cannot load the tokenizer of {base_model}: {_reason(error)}") from error
     if tokenizer.pad_token is None:
@@ -207,19 +237,16 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(base_model: str, device: str, bf16: bool) -> PreTrainedModel:
+def load_model(base_model: str, device: str, bf16: bool, revision: str | None = None) -> PreTrainedModel:
     """Load the base model weights in bf16 on GPUs that support it, otherwise in float32."""
     options: dict[str, Any] = {"dtype": torch.bfloat16 if bf16 else torch.float32}
     if device == "cuda":
         options["device_map"] = device
+    if revision is not None:
+        options["revision"] = revision
+    # torch.OutOfMemoryError is a RuntimeError, so it passes through to be reported as out_of_memory.
     try:
-        try:
-            return AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa", **options)
-        except ValueError as error:
-            if "scaled_dot_product_attention" not in str(error):
-                raise
-            logger.info("The model %s has no SDPA attention, so it falls back to eager attention.", base_model)
-            return AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="eager", **options)
+        return from_pretrained(base_model, options)
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"Cannot load the model {base_model}: {_reason(error)}") from error
 
@@ -235,16 +262,47 @@ def train(request: TrainingRequest, reporter: ProgressReporter) -> TrainingResul
                 request.dataset_path, "bf16" if bf16 else "float32", device,
                 f" with the base quantised to {bits} bits" if bits else "")
     set_seed(hyperparameters.seed)
-    tokenizer = load_tokenizer(str(request.base_model))
+    revision = resolve_revision(str(request.base_model), _pinned_revision(request))
+    tokenizer = load_tokenizer(str(request.base_model), revision)
     data = prepare(Path(request.dataset_path), request.validation_path, request.parent, hyperparameters, tokenizer,
                    request.cache_dir)
     try:
-        return _train_and_publish(request, tokenizer, data, reporter, device, bf16, bits)
+        return _train_and_publish(request, tokenizer, data, reporter, device, bf16, bits, revision)
     except torch.OutOfMemoryError as error:
+        _forget_frames(error)
         raise OutOfMemory(_out_of_memory_message(request, device)) from error
+    except BaseException as error:
+        _forget_frames(error)
+        raise
     finally:
-        # The model and optimizer died with _train_and_publish's frame, so their memory can go now.
+        # The model and optimizer died with _train_and_publish's frame, or with the cleared frames of the
+        # traceback, so their memory can go now rather than when the caller drops the exception.
         _release_memory(device)
+
+
+def _pinned_revision(request: TrainingRequest) -> str | None:
+    """The revision asked for, else the one the attempt that wrote the newest checkpoint loaded."""
+    if request.base_model_revision is not None or request.checkpoint_dir is None:
+        return request.base_model_revision
+    latest = CheckpointStore(Path(request.checkpoint_dir), request.hyperparameters.save_total_limit).latest()
+    return latest.metrics.get(REVISION_KEY) if latest is not None else None
+
+
+def _forget_frames(error: BaseException) -> None:
+    """Clear the locals of every finished frame in an exception's tracebacks, its causes' included.
+
+    A traceback keeps its frames alive, and their locals hold the model, the optimizer and batches: without this,
+    accelerator memory stays taken for as long as anyone holds the exception.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending.extend((current.__cause__, current.__context__))
 
 
 def _out_of_memory_message(request: TrainingRequest, device: str) -> str:
@@ -256,11 +314,12 @@ def _out_of_memory_message(request: TrainingRequest, device: str) -> str:
         advice += ", or use trainer_type qlora, which quantises the base model"
     elif not hyperparameters.wants_gradient_checkpointing(quantization_bits(request) is not None):
         advice += ", or turn on gradient_checkpointing"
-    return f"Training ran out of {'GPU' if device == 'cuda' else 'CPU'} memory. {advice}."
+    return f"Loading or training the model ran out of {'GPU' if device == 'cuda' else 'CPU'} memory. {advice}."
 
 
 def _train_and_publish(request: TrainingRequest, tokenizer: PreTrainedTokenizerBase, data: TrainingData,
-                       reporter: ProgressReporter, device: str, bf16: bool, bits: int | None) -> TrainingResult:
+                       reporter: ProgressReporter, device: str, bf16: bool, bits: int | None,
+                       revision: str | None) -> TrainingResult:
     """Load the model, train it, and publish the adapter unless the run stopped before its end."""
     hyperparameters = request.hyperparameters
     store = CheckpointStore(Path(request.checkpoint_dir), hyperparameters.save_total_limit) \
@@ -269,15 +328,13 @@ def _train_and_publish(request: TrainingRequest, tokenizer: PreTrainedTokenizerB
     if store is not None:
         store.prepare()
         latest = store.latest()
-    plan = loop.LoopPlan(
-        total_steps=planned_steps(len(data.train), hyperparameters.batch_size,
-                                  hyperparameters.gradient_accumulation_steps, hyperparameters.num_epochs,
-                                  hyperparameters.max_steps),
-        store=store, resume_from=latest.path if latest else None, has_validation=data.validation is not None,
-        gradient_checkpointing=hyperparameters.wants_gradient_checkpointing(bits is not None),
-        device=device, bf16=bf16)
-    model = build_model(request, device, bf16, bits, plan.gradient_checkpointing)
+    plan = _plan(request, data, store, latest.path if latest else None, device, bf16, bits)
+    model = build_model(request, device, bf16, bits, plan.gradient_checkpointing, revision)
     callback = ReporterCallback(reporter, store, hyperparameters.early_stopping_patience)
+    if revision is not None:
+        callback.checkpoint_facts[REVISION_KEY] = revision
+    if latest is not None:
+        callback.restore_early_stopping(latest.path)
     train_collator, eval_collator = data.collators(tokenizer.pad_token_id, device)
     with tempfile.TemporaryDirectory(prefix="clara-train-") as scratch:
         trainer = loop.make_trainer(model, hyperparameters, plan, Path(scratch), data.train, data.validation,
@@ -285,6 +342,8 @@ def _train_and_publish(request: TrainingRequest, tokenizer: PreTrainedTokenizerB
         parent_before = loop.evaluate(trainer, data.parent_validation, "parent") if data.parent_validation else None
         output = loop.run(trainer, plan)
         metrics = _metrics(trainer, output, model, data, callback, plan, bits, request.trainer_type)
+        metrics.update(data.step_size(hyperparameters.batch_size, hyperparameters.gradient_accumulation_steps))
+        metrics[REVISION_KEY] = revision
         if callback.cancelled or callback.timed_out or callback.handed_back:
             status = "cancelled" if callback.cancelled else "time_limit" if callback.timed_out else "handed_back"
             logger.info("Training stopped (%s) after %s steps, so no adapter was written.", status,
@@ -300,6 +359,28 @@ def _train_and_publish(request: TrainingRequest, tokenizer: PreTrainedTokenizerB
     logger.info("Training finished after %s steps with mean loss %.4f, and the adapter is in %s.",
                 metrics["total_steps"], metrics["train_loss"], output_dir)
     return TrainingResult("completed", output_dir, metrics)
+
+
+def _plan(request: TrainingRequest, data: TrainingData, store: CheckpointStore | None, resume_from: Path | None,
+          device: str, bf16: bool, bits: int | None) -> loop.LoopPlan:
+    """How this run loops: its length, and evaluation and checkpoint intervals bounded per run."""
+    hyperparameters = request.hyperparameters
+    total_steps = planned_steps(len(data.train), hyperparameters.batch_size,
+                                hyperparameters.gradient_accumulation_steps, hyperparameters.num_epochs,
+                                hyperparameters.max_steps)
+    eval_interval = effective_interval(hyperparameters.eval_steps, total_steps, request.max_evaluations)
+    save_interval = effective_interval(hyperparameters.save_steps, total_steps, request.max_checkpoints)
+    for name, requested, interval, limit in (("eval_steps", hyperparameters.eval_steps, eval_interval,
+                                              request.max_evaluations),
+                                             ("save_steps", hyperparameters.save_steps, save_interval,
+                                              request.max_checkpoints)):
+        if requested is not None and interval > requested:
+            logger.info("%s %s would exceed %s per run of %s steps, so the run uses %s.", name, requested, limit,
+                        total_steps, interval)
+    return loop.LoopPlan(
+        total_steps=total_steps, store=store, resume_from=resume_from, has_validation=data.validation is not None,
+        gradient_checkpointing=hyperparameters.wants_gradient_checkpointing(bits is not None),
+        device=device, bf16=bf16, eval_interval=eval_interval, save_interval=save_interval)
 
 
 def _final_evaluations(trainer: loop.ClaraTrainer, data: TrainingData, callback: ReporterCallback,
@@ -323,22 +404,27 @@ def _final_evaluations(trainer: loop.ClaraTrainer, data: TrainingData, callback:
 
 
 def build_model(request: TrainingRequest, device: str, bf16: bool, bits: int | None,
-                gradient_checkpointing: bool) -> PeftModel:
+                gradient_checkpointing: bool, revision: str | None = None) -> PeftModel:
     """The base model, quantised for qlora, with fresh LoRA layers or the parent's adapter on top."""
     base_model = str(request.base_model)
     if bits is not None:
         try:
-            model = load_quantized_model(base_model, bits, device, bf16, gradient_checkpointing=gradient_checkpointing)
+            model = load_quantized_model(base_model, bits, device, bf16, gradient_checkpointing=gradient_checkpointing,
+                                         revision=revision)
+        except torch.OutOfMemoryError:
+            raise  # a RuntimeError, but no fault of the model: train reports it as out_of_memory
         except (OSError, ValueError, KeyError, ImportError, RuntimeError) as error:
             raise ModelLoadError(f"Cannot load the model {base_model} in {bits} bits: {_reason(error)}") from error
     else:
-        model = load_model(base_model, device, bf16)
+        model = load_model(base_model, device, bf16, revision)
     # A cache only serves generation; in training it would also stop packed records being kept apart.
     model.config.use_cache = False
     if request.parent is None:
         return build_peft_model(model, request.hyperparameters)
     try:
         return PeftModel.from_pretrained(model, str(request.parent.adapter_dir), is_trainable=True)
+    except torch.OutOfMemoryError:
+        raise
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelLoadError(f"Cannot load the parent's adapter from {request.parent.adapter_dir}: "
                              f"{_reason(error)}") from error
@@ -384,6 +470,8 @@ def _metrics(trainer: loop.ClaraTrainer, output: Any, model: PeftModel, data: Tr
         "quantization_bits": bits,
         "gradient_checkpointing": plan.gradient_checkpointing,
         "stopped_early": callback.stopped_early,
+        "eval_interval": plan.eval_interval if plan.has_validation else None,
+        "save_interval": plan.save_interval if plan.store is not None else None,
         "trainable_parameters": int(trainable),
         "total_parameters": int(total),
         "target_modules": adapted,

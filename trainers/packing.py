@@ -1,4 +1,4 @@
-"""Pack whole encoded records into rows of at most max_seq_length tokens, and batch those rows."""
+"""Pack the records of a batch into rows of at most max_seq_length tokens, so padding is not computed."""
 
 from __future__ import annotations
 
@@ -15,30 +15,32 @@ logger = logging.getLogger(__name__)
 
 # Packing must save more than this share of the tokens the model computes, padding included, to be worth it.
 MIN_SAVING = 0.15
-# At least this many records fit one row on average, so packing multiplies the tokens per forward pass.
-MIN_RECORDS_PER_ROW = 4
 
 
 def should_pack(lengths: Sequence[int], max_seq_length: int, batch_size: int = 8) -> bool:
-    """Pack when 4+ records fit a row on average, or packing saves 15% of the tokens batches of batch_size compute."""
-    if len(lengths) < 2:
+    """Pack when sharing rows within each batch of batch_size records saves 15% of the tokens padding computes."""
+    # A step trains on batch_size records either way; packing only lays them out in fewer, fuller rows. Records
+    # of one length waste no padding, so only mixed lengths can gain.
+    if len(lengths) < 2 or batch_size < 2:
         return False
-    # Short records leave the accelerator idle even without padding; packing fills its rows.
-    if sum(lengths) * MIN_RECORDS_PER_ROW <= max_seq_length * len(lengths):
-        return True
-    # Mixed lengths waste padding, but packing only helps when records are short enough to share rows,
-    # so compare both layouts rather than judge from the spread of lengths alone.
-    packed = [sum(lengths[item] for item in members) for members in _best_fit_decreasing(lengths, max_seq_length)]
-    return _padded_tokens(packed, batch_size) < (1 - MIN_SAVING) * _padded_tokens(lengths, batch_size)
+    batches = _shuffled_batches(lengths, batch_size)
+    padded = sum(len(batch) * max(batch) for batch in batches)
+    packed = sum(_packed_tokens(batch, max_seq_length) for batch in batches)
+    return packed < (1 - MIN_SAVING) * padded
 
 
-def _padded_tokens(lengths: Sequence[int], batch_size: int) -> int:
-    """Return the tokens computed when shuffled sequences are batched and padded to each batch's longest."""
+def _shuffled_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Split shuffled lengths into batches, as the trainer's sampler would."""
     order = list(lengths)
     # A fixed seed keeps the decision reproducible; the trainer's own shuffle is of the same kind.
     random.Random(0).shuffle(order)
-    batches = (order[start:start + batch_size] for start in range(0, len(order), batch_size))
-    return sum(len(batch) * max(batch) for batch in batches)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _packed_tokens(lengths: Sequence[int], max_seq_length: int) -> int:
+    """Tokens computed when these records share rows of at most max_seq_length, padded to the fullest row."""
+    rows = [sum(lengths[item] for item in members) for members in _best_fit_decreasing(lengths, max_seq_length)]
+    return len(rows) * max(rows)
 
 
 def pack_examples(
@@ -48,12 +50,7 @@ def pack_examples(
     bins = _best_fit_decreasing([len(example["input_ids"]) for example in examples], max_seq_length)
     # Slicing one shared list reuses its int objects instead of creating new ones for every token.
     positions = list(range(max_seq_length))
-    rows = [_join(examples, members, positions) for members in bins]
-    if rows:
-        tokens = sum(len(row["input_ids"]) for row in rows)
-        logger.info("Packed %s examples into %s rows of up to %s tokens, %.1f%% full.",
-                    len(examples), len(rows), max_seq_length, 100 * tokens / (len(rows) * max_seq_length))
-    return rows
+    return [_join(examples, members, positions) for members in bins]
 
 
 def _best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -111,32 +108,43 @@ def row_record_count(row: Mapping[str, Sequence[int]]) -> int:
 
 
 class PackedCollator:
-    """Pads packed rows on the right into tensors; attention stays within each record through position_ids."""
+    """Packs the records of one batch into as few rows as fit max_seq_length, then pads the rows into tensors.
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+    A batch keeps its batch_size records, so packing changes neither the records nor the tokens of a step, only
+    the padding computed; attention stays within each record through position_ids.
+    """
+
+    def __init__(self, pad_token_id: int, max_seq_length: int, pad_to_multiple_of: int | None = None) -> None:
         self.pad_token_id = pad_token_id
+        self.max_seq_length = max_seq_length
         self.pad_to_multiple_of = pad_to_multiple_of
 
-    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor | bool]:
-        """Stack rows into input_ids, labels and position_ids, plus num_real_tokens and use_cache=False."""
-        length = max(len(feature["input_ids"]) for feature in features)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
-        real_tokens = 0
-        for feature in features:
-            padding = length - len(feature["input_ids"])
-            real_tokens += len(feature["input_ids"])
-            batch["input_ids"].append(list(feature["input_ids"]) + [self.pad_token_id] * padding)
-            batch["labels"].append(list(feature["labels"]) + [IGNORE_INDEX] * padding)
-            # Positions restarting at 0 make the padding tail a sequence of its own instead of part of the last record.
-            batch["position_ids"].append(list(feature["position_ids"]) + list(range(padding)))
-        tensors: dict[str, torch.Tensor | bool | int] = {
-            name: torch.tensor(rows, dtype=torch.long) for name, rows in batch.items()
-        }
-        # A Python int, not a tensor: the Trainer would move a tensor to the GPU and reading it back syncs.
-        tensors["num_real_tokens"] = real_tokens
-        # transformers builds the per-record mask from position_ids only without an attention_mask and without
-        # a cache, and Llama-style models create a cache whenever use_cache is on, even in training.
-        tensors["use_cache"] = False
-        return tensors
+    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor | bool | int]:
+        """Pack encoded records into rows and stack them, plus num_real_tokens and use_cache=False."""
+        return pad_rows(pack_examples(features, self.max_seq_length), self.pad_token_id, self.pad_to_multiple_of)
+
+
+def pad_rows(rows: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int,
+             pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor | bool | int]:
+    """Pad packed rows on the right into input_ids, labels and position_ids, plus num_real_tokens and use_cache."""
+    length = max(len(row["input_ids"]) for row in rows)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
+    real_tokens = 0
+    for row in rows:
+        padding = length - len(row["input_ids"])
+        real_tokens += len(row["input_ids"])
+        batch["input_ids"].append(list(row["input_ids"]) + [pad_token_id] * padding)
+        batch["labels"].append(list(row["labels"]) + [IGNORE_INDEX] * padding)
+        # Positions restarting at 0 make the padding tail a sequence of its own instead of part of the last record.
+        batch["position_ids"].append(list(row["position_ids"]) + list(range(padding)))
+    tensors: dict[str, torch.Tensor | bool | int] = {
+        name: torch.tensor(values, dtype=torch.long) for name, values in batch.items()
+    }
+    # A Python int, not a tensor: the Trainer would move a tensor to the GPU and reading it back syncs.
+    tensors["num_real_tokens"] = real_tokens
+    # transformers builds the per-record mask from position_ids only without an attention_mask and without
+    # a cache, and Llama-style models create a cache whenever use_cache is on, even in training.
+    tensors["use_cache"] = False
+    return tensors

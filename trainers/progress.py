@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainers.checkpoints import Checkpoint, CheckpointStore
 from trainers.evaluation import EarlyStopping, perplexity
 
 logger = logging.getLogger(__name__)
+
+# Written into each checkpoint while early stopping is on, so a resumed run keeps its best loss, patience count
+# and best weights instead of starting over.
+EARLY_STOPPING_FILE = "clara_early_stopping.json"
+BEST_WEIGHTS_FILE = "clara_best_weights.safetensors"
 
 
 @dataclass
@@ -89,6 +97,8 @@ class ReporterCallback(TrainerCallback):
         self._started_at: float | None = None
         self._first_step = 0
         self.tokens_at_start = 0
+        self.checkpoint_facts: dict[str, Any] = {}
+        """Facts every checkpoint records besides its losses, such as the base model's revision."""
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -175,10 +185,42 @@ class ReporterCallback(TrainerCallback):
         if self.store is None:
             return
         metrics = {"train_loss": self.last_progress.loss if self.last_progress else None,
-                   "eval_loss": self.last_eval.get("eval_loss")}
+                   "eval_loss": self.last_eval.get("eval_loss"), **self.checkpoint_facts}
         created_at = datetime.now(UTC).isoformat()
-        checkpoint = self.store.publish(state.global_step, created_at, metrics)
+        keep = None
+        if self.early_stopping.patience is not None:
+            self.save_early_stopping(self.store.staging / f"checkpoint-{state.global_step}")
+            keep = self.best_step
+        checkpoint = self.store.publish(state.global_step, created_at, metrics, keep=keep)
         self.reporter.checkpoint_saved(checkpoint, list(self.store.last_pruned))
+
+    def save_early_stopping(self, directory: Path) -> None:
+        """Write the early stopping count and the best weights into a checkpoint directory."""
+        state = {**self.early_stopping.state(), "best_step": self.best_step, "best_eval": self.best_eval}
+        (directory / EARLY_STOPPING_FILE).write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
+        if self._best_weights is not None:
+            save_file({name: weights.detach().contiguous().cpu() for name, weights in self._best_weights.items()},
+                      str(directory / BEST_WEIGHTS_FILE))
+
+    def restore_early_stopping(self, directory: Path) -> None:
+        """Take up the early stopping count and best weights a checkpoint kept; nothing when it kept none."""
+        if self.early_stopping.patience is None:
+            return
+        try:
+            state = json.loads((directory / EARLY_STOPPING_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as error:
+            logger.warning("Early stopping starts over: the state in %s cannot be read (%s).", directory, error)
+            return
+        self.early_stopping.restore(state)
+        self.best_step = state.get("best_step")
+        self.best_eval = dict(state.get("best_eval") or {})
+        weights = directory / BEST_WEIGHTS_FILE
+        if weights.is_file():
+            self._best_weights = load_file(str(weights))
+        logger.info("Resumed early stopping: best eval loss %s at step %s, %s evaluations without improvement.",
+                    self.early_stopping.best, self.best_step, self.early_stopping.bad_evaluations)
 
     def on_log(
         self,

@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from packaging.version import Version
 from peft import prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+from transformers import BitsAndBytesConfig, PreTrainedModel
 from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
 
 from trainers.config import QUANTIZATION_BITS
+from trainers.model_loading import from_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _cuda_problems(bits: int) -> list[str]:
 
 
 def load_quantized_model(base_model: str, bits: int, device: str, bf16: bool,
-                         gradient_checkpointing: bool = True) -> PreTrainedModel:
+                         gradient_checkpointing: bool = True, revision: str | None = None) -> PreTrainedModel:
     """Load the base model quantised to `bits`, frozen and prepared for k-bit training with LoRA."""
     # Errors from transformers and bitsandbytes (OSError, ValueError, KeyError, ImportError, RuntimeError) pass
     # through unchanged for the caller to wrap: importing trainers.lora's ModelLoadError here would be a cycle.
@@ -92,8 +93,10 @@ def load_quantized_model(base_model: str, bits: int, device: str, bf16: bool,
         # The training process sees exactly one GPU, so the whole model goes onto it.
         "device_map": {"": 0} if device == "cuda" else device,
     }
+    if revision is not None:
+        options["revision"] = revision
     logger.info("Loading %s quantised to %s bits on %s.", base_model, bits, device)
-    model = _from_pretrained(base_model, options)
+    model = from_pretrained(base_model, options)
     if bits == 4 and device == "cpu":
         _disable_cpu_inference_packing(model)
     if bits == 8:
@@ -107,17 +110,6 @@ def load_quantized_model(base_model: str, bits: int, device: str, bf16: bool,
         # The cache is useless in training and transformers warns that checkpointing turns it off.
         model.config.use_cache = False
     return model
-
-
-def _from_pretrained(base_model: str, options: dict[str, Any]) -> PreTrainedModel:
-    """Load with SDPA attention, or eager attention for architectures without SDPA."""
-    try:
-        return AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa", **options)
-    except ValueError as error:
-        if "scaled_dot_product_attention" not in str(error):
-            raise
-        logger.info("The model %s has no SDPA attention, so it falls back to eager attention.", base_model)
-        return AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="eager", **options)
 
 
 def _disable_cpu_inference_packing(model: PreTrainedModel) -> None:

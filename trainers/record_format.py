@@ -5,18 +5,28 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from trainers.config import TrainingConfigError
 
 ROLES = ("system", "user", "assistant")
 SHAPES = "text, instruction/output, messages"
+# The most of a file the API reads when a job is submitted; the worker reads all of it before training.
+SAMPLE_BYTES = 8 * 1024**2
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
-    """Yield (line number, text) for each non-blank line; text is None when the line is not UTF-8."""
+class InvalidDataset(TrainingConfigError):
+    """A training or validation file has bad records; `problems` names their lines."""
+
+
+def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, str | None]]:
+    """Yield (line number, text) for each non-blank line; text is None when the line is not UTF-8.
+
+    With max_bytes, only the lines wholly within the file's first max_bytes are read.
+    """
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        raw_lines = handle if max_bytes is None else _lines_within(handle, max_bytes)
+        for number, raw in enumerate(raw_lines, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -26,6 +36,20 @@ def read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
                 line = line.removeprefix("\ufeff")
             if line.strip():
                 yield number, line
+
+
+def _lines_within(handle: BinaryIO, max_bytes: int) -> Iterator[bytes]:
+    """The complete lines of a binary file within its first max_bytes; a line cut off there is left out."""
+    remaining = max_bytes
+    while remaining > 0:
+        raw = handle.readline(remaining)
+        if not raw:
+            return
+        cut = len(raw) == remaining and not raw.endswith(b"\n")
+        remaining -= len(raw)
+        if cut and handle.read(1):
+            return
+        yield raw
 
 
 def record_problems(record: object) -> list[str]:
@@ -86,13 +110,20 @@ def _messages_problems(messages: object) -> list[str]:
     return problems
 
 
-def dataset_problems(path: Path, max_problems: int = 20) -> list[str]:
-    """Stream a JSONL file and return its problems as "line N: ...", at most max_problems of them."""
+def dataset_problems(path: Path, max_problems: int = 20, *, max_records: int | None = None,
+                     max_bytes: int | None = None) -> list[str]:
+    """Stream a JSONL file and return its problems as "line N: ...", at most max_problems of them.
+
+    max_records and max_bytes check only a sample, the file's first records, in bounded time: the API does
+    that when a job is submitted, and the worker checks the whole file before training.
+    """
     problems: list[str] = []
     records = 0
     last_line = 0
     try:
-        for number, line in read_lines(Path(path)):
+        for number, line in read_lines(Path(path), max_bytes=max_bytes):
+            if max_records is not None and records >= max_records:
+                return problems
             if line is None:
                 found = ["line is not valid UTF-8"]
             else:
@@ -106,9 +137,23 @@ def dataset_problems(path: Path, max_problems: int = 20) -> list[str]:
                 last_line = number
     except OSError as error:
         return [f"cannot read the file ({error.strerror or error})"]
-    if records == 0 and not problems:
+    if records == 0 and not problems and (max_bytes is None or _size(path) <= max_bytes):
+        # A sample that holds no whole line says nothing about a longer file; the worker reads it all.
         problems.append("the file holds no records")
     return problems
+
+
+def sample_problems(path: Path, max_records: int) -> list[str]:
+    """The problems among a file's first max_records records within its first SAMPLE_BYTES, in bounded time."""
+    return dataset_problems(path, max_records=max_records, max_bytes=SAMPLE_BYTES)
+
+
+def _size(path: Path) -> int:
+    """The file's size in bytes, or 0 when it cannot be read."""
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
 
 
 def _line_problems(line: str) -> list[str]:
@@ -121,9 +166,9 @@ def _line_problems(line: str) -> list[str]:
 
 
 def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) for each record; raise TrainingConfigError on the first bad line."""
+    """Yield (line number, record) for each record; raise InvalidDataset on the first bad line."""
     for number, line in read_lines(Path(path)):
         problems = ["line is not valid UTF-8"] if line is None else _line_problems(line)
         if problems:
-            raise TrainingConfigError([f"line {number}: {problem}" for problem in problems])
+            raise InvalidDataset([f"line {number}: {problem}" for problem in problems])
         yield number, json.loads(line)

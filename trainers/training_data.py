@@ -14,7 +14,7 @@ from trainers.config import LoraHyperparameters, TrainingConfigError
 from trainers.continuous import ParentJob, replay_sample
 from trainers.data import CausalLMCollator, load_dataset
 from trainers.evaluation import split_examples
-from trainers.packing import PackedCollator, pack_examples, should_pack
+from trainers.packing import PackedCollator, should_pack
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ Example = dict[str, list[int]]
 
 
 class Examples(torch.utils.data.Dataset):
-    """A list of encoded examples or packed rows as a map-style dataset."""
+    """A list of encoded examples as a map-style dataset."""
 
     def __init__(self, rows: list[Example]) -> None:
         self.rows = rows
@@ -36,21 +36,32 @@ class Examples(torch.utils.data.Dataset):
 
 @dataclass
 class TrainingData:
-    """The rows a run trains on and the examples it evaluates on."""
+    """The examples a run trains and evaluates on; packing happens per batch, in the training collator."""
 
     train: Examples
     validation: Examples | None
     parent_validation: Examples | None
     packed: bool
     counts: dict[str, int]
-    """num_records, num_examples, num_rows, validation_examples, replayed_examples, skipped_records."""
+    """num_records, num_examples, train_tokens, validation_examples, replayed_examples, skipped_records."""
+    max_seq_length: int = 512
+    """Longest row a packed batch may build."""
 
     def collators(self, pad_token_id: int, device: str) -> tuple[Any, Any]:
         """The training collator (packing or padding) and the padding collator evaluation uses."""
         # Multiples of 8 let GPU tensor cores work on whole tiles.
         multiple = 8 if device == "cuda" else None
         padded = CausalLMCollator(pad_token_id, pad_to_multiple_of=multiple)
-        return (PackedCollator(pad_token_id, pad_to_multiple_of=multiple) if self.packed else padded), padded
+        if not self.packed:
+            return padded, padded
+        return PackedCollator(pad_token_id, self.max_seq_length, pad_to_multiple_of=multiple), padded
+
+    def step_size(self, batch_size: int, gradient_accumulation_steps: int) -> dict[str, int]:
+        """Records and (mean) real tokens one optimizer step trains on; the same packed or not."""
+        records = batch_size * gradient_accumulation_steps
+        examples = self.counts["num_examples"]
+        mean_tokens = self.counts["train_tokens"] / examples if examples else 0.0
+        return {"records_per_step": records, "tokens_per_step": round(records * mean_tokens)}
 
 
 def prepare(dataset_path: Path, validation_path: Path | None, parent: ParentJob | None,
@@ -73,20 +84,20 @@ def prepare(dataset_path: Path, validation_path: Path | None, parent: ParentJob 
     if not train:
         raise TrainingConfigError([f"dataset: no record has a trainable token within max_seq_length {max_length}"])
     train = train + replayed
-    packed = _wants_packing(hyperparameters, [len(example["input_ids"]) for example in train])
-    rows = pack_examples(train, max_length) if packed else train
+    lengths = [len(example["input_ids"]) for example in train]
+    packed = _wants_packing(hyperparameters, lengths)
     counts = {
         "num_records": encoded.num_records,
         "num_examples": len(train),
-        "num_rows": len(rows),
+        "train_tokens": sum(lengths),
         "validation_examples": len(validation),
         "replayed_examples": len(replayed),
         "skipped_records": encoded.skipped + encoded.rejected,
     }
     logger.info("Training on %s examples%s, evaluating on %s.", len(train),
-                f" packed into {len(rows)} rows" if packed else "", len(validation))
-    return TrainingData(Examples(rows), Examples(validation) if validation else None,
-                        Examples(parent_validation) if parent_validation else None, packed, counts)
+                f", each batch packed into rows of up to {max_length} tokens" if packed else "", len(validation))
+    return TrainingData(Examples(train), Examples(validation) if validation else None,
+                        Examples(parent_validation) if parent_validation else None, packed, counts, max_length)
 
 
 def _wants_packing(hyperparameters: LoraHyperparameters, lengths: list[int]) -> bool:

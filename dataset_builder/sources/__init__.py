@@ -16,7 +16,7 @@ from typing import Any
 from dataset_builder.documents import Document
 from dataset_builder.sources import chroma, neo4j_source, postgres, upload_source
 from dataset_builder.sources.context import DocumentTable, SourceContext, SourceError
-from dataset_builder.sources.neo4j_cypher import NodeFields
+from dataset_builder.sources.neo4j_cypher import DEFAULT_LABEL, NodeFields
 from dataset_builder.sources.postgres import ensure_documents_table
 from dataset_builder.sources.uploads import stored_upload_path
 
@@ -77,7 +77,27 @@ def _problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> l
     source_type = SOURCE_TYPES.get(name) if isinstance(name, str) else None
     if source_type is None:
         return [f"{prefix}.type: must be one of {', '.join(SOURCE_TYPES)}"]
-    return source_type.problems(spec, context, prefix)
+    # A source the deployment does not allow is refused before its store is even asked about it.
+    return allowlist_problems(spec, context, prefix) or source_type.problems(spec, context, prefix)
+
+
+def allowlist_problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:
+    """Refuse a table, collection or label the deployment's CLARA_SOURCE_ALLOWLIST does not name."""
+    if not context.allowlist or spec["type"] == "upload":
+        # Uploads are the users' own records, not a store of the deployment's.
+        return []
+    if spec["type"] == "postgres":
+        field, name = "type", context.documents_table.table
+    elif spec["type"] == "chroma":
+        field, name = "collection", spec.get("collection")
+    else:
+        field, name = "label", spec.get("label", DEFAULT_LABEL)
+    if not isinstance(name, str) or f"{spec['type']}:{name}" in context.allowlist:
+        return []
+    allowed = [entry.partition(":")[2] for entry in context.allowlist if entry.startswith(f"{spec['type']}:")]
+    where = {"type": "table", "collection": "collection", "label": "label"}[field]
+    return [f"{prefix}.{field}: {spec['type']} {where} {name!r} is not allowed here; allowed: "
+            f"{', '.join(allowed) or 'none'}"]
 
 
 def context_from_settings(settings: Any, *, upload_path: Callable[[str], Path] | None = None,
@@ -97,4 +117,5 @@ def context_from_settings(settings: Any, *, upload_path: Callable[[str], Path] |
         neo4j_password=getattr(settings, "neo4j_password", "") or None,
         upload_path=upload_path or partial(stored_upload_path, datasets_dir),
         batch_size=batch_size or getattr(settings, "dataset_batch_size", 1000),
+        allowlist=tuple(getattr(settings, "source_allowlist", ())),
     )

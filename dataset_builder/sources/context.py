@@ -62,3 +62,5 @@ class SourceContext:
     """Most documents per yielded batch."""
     neo4j_fields: NodeFields = field(default_factory=NodeFields)
     """Which node properties hold a document's id, title, content, metadata and creation time."""
+    allowlist: tuple[str, ...] = ()
+    """What builds may read, as postgres:<table>, chroma:<collection>, neo4j:<label>; empty: anything."""

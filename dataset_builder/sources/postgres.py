@@ -109,13 +109,8 @@ def read(spec: Mapping[str, Any], context: SourceContext) -> Iterator[list[Docum
     """Yield the matching rows as documents, in batches of at most context.batch_size."""
     table = context.documents_table
     query, params = build_query(spec, table)
+    conn = connect(context)
     try:
-        conn = psycopg.connect(context.source_database_url)
-    except psycopg.OperationalError as error:
-        raise SourceError(f"postgres: cannot connect to the source database ({_first_line(error)})") from error
-    try:
-        # A read-only transaction: the source is someone else's system of record.
-        conn.read_only = True
         json_metadata = _metadata_is_json(conn, table)
         # COPY streams: the server fills the socket while this process decodes, where a cursor's FETCH
         # leaves one side idle per batch. COPY takes no bind parameters, so psycopg merges the values on
@@ -134,6 +129,27 @@ def read(spec: Mapping[str, Any], context: SourceContext) -> Iterator[list[Docum
         raise SourceError(f"postgres: cannot read table {table.table!r} ({_first_line(error)})") from error
     finally:
         conn.close()
+
+
+def connect(context: SourceContext) -> psycopg.Connection:
+    """A read-only connection to the source database, with CLARA_SOURCE_DATABASE_URL's role.
+
+    The source is someone else's system of record: the session's default and every transaction are read
+    only, so even a role that may write cannot through this connection.
+    """
+    try:
+        conn = psycopg.connect(context.source_database_url)
+    except psycopg.OperationalError as error:
+        raise SourceError(f"postgres: cannot connect to the source database ({_first_line(error)})") from error
+    try:
+        conn.autocommit = True
+        conn.execute("SET default_transaction_read_only = on")
+        conn.autocommit = False
+        conn.read_only = True
+    except psycopg.Error as error:
+        conn.close()
+        raise SourceError(f"postgres: cannot open a read-only session ({_first_line(error)})") from error
+    return conn
 
 
 def _metadata_is_json(conn: psycopg.Connection, table: DocumentTable) -> bool:

@@ -45,6 +45,10 @@ MATRIX: dict[tuple[str, str], tuple[str | None, Callable[[str], dict[str, Any]] 
     ("POST", "/api/auth/refresh"): (None, None, _same(200)),
     ("POST", "/api/auth/logout"): (None, None, _same(204)),
     ("GET", "/api/auth/me"): (None, None, _same(200)),
+    # Everyone changes their own password (each role once: the World's users all have PASSWORD).
+    ("POST", "/api/auth/password"): (None, lambda _: {"json": {"current_password": PASSWORD,
+                                                               "new_password": "a-new-long-password-1"}},
+                                     _same(200)),
     ("POST", "/api/users"): (None, lambda role: {"json": {"username": f"new-{role}-{uuid.uuid4().hex[:6]}",
                                                            "password": PASSWORD, "role": "analyst"}},
                              {"admin": 201, "trainer": 403, "analyst": 403}),
@@ -52,6 +56,10 @@ MATRIX: dict[tuple[str, str], tuple[str | None, Callable[[str], dict[str, Any]] 
     # An admin's "own" user is themselves, and disabling oneself is refused.
     ("PATCH", "/api/users/{user_id}"): ("user", lambda _: {"json": {"disabled": True}},
                                         {"admin": {"own": 409, "other": 200}, "trainer": 403, "analyst": 403}),
+    # Admins reset others' passwords; their own they change with POST /api/auth/password.
+    ("POST", "/api/users/{user_id}/password"): ("user", lambda _: {"json": {"password": "a-new-long-password-1"}},
+                                                {"admin": {"own": 409, "other": 204}, "trainer": 403,
+                                                 "analyst": 403}),
     ("POST", "/api/training/jobs"): (None, lambda _: {"json": JOB}, {"admin": 202, "trainer": 202, "analyst": 403}),
     ("GET", "/api/training/jobs"): (None, None, _same(200)),
     ("GET", "/api/training/jobs/{job_id}"): (
@@ -85,7 +93,7 @@ MATRIX: dict[tuple[str, str], tuple[str | None, Callable[[str], dict[str, Any]] 
     ("GET", "/api/datasets/{dataset_id}/files/{file_format}"): ("dataset", None, _same(409)),
     ("POST", "/api/datasets/{dataset_id}/cancel"): (
         "dataset", None, {"admin": 200, "trainer": {"own": 200, "other": 403}, "analyst": {"own": 200, "other": 403}}),
-    ("POST", "/api/datasets/upload"): (None, _upload_body, _same(201)),
+    ("POST", "/api/datasets/upload"): (None, _upload_body, _same(202)),
     ("GET", "/api/audit"): (None, None, {"admin": 200, "trainer": 403, "analyst": 403}),
     ("GET", "/health"): (None, None, _same(200)),
     # No worker runs in these tests, so readiness answers 503; what matters is that no token is needed.

@@ -18,6 +18,7 @@ from werkzeug.serving import make_server
 from auth.users import create_user
 from cli.main import cli
 from tests.integration.conftest import PASSWORD
+from tests.integration.dataset_jobs import dataset_worker
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 UPLOAD_JSONL = "".join(json.dumps({"text": f"Satz {i}: Die Anmeldung erfolgt im Bürgerbüro."}) + "\n"
@@ -239,11 +240,12 @@ def test_unknown_job_is_the_api_404(admin_cli):
     assert "No training job 00000000-0000-0000-0000-000000000000." in result.stderr
 
 
-def test_datasets_upload_list_show_preview_and_download(admin_cli, tmp_path):
+def test_datasets_upload_list_show_preview_and_download(admin_cli, tmp_path, app):
     assert admin_cli("datasets", "list").output.strip() == "No datasets."
     source = tmp_path / "faq.jsonl"
     source.write_text(UPLOAD_JSONL, encoding="utf-8")
-    uploaded = admin_cli("datasets", "upload", str(source), "--name", "faq", "--json")
+    with dataset_worker(app):
+        uploaded = admin_cli("datasets", "upload", str(source), "--name", "faq", "--wait", "--json")
     assert uploaded.exit_code == 0, uploaded.output
     dataset_id = json.loads(uploaded.stdout)["id"]
     listing = json.loads(admin_cli("datasets", "list", "--json").stdout)
@@ -260,10 +262,13 @@ def test_datasets_upload_list_show_preview_and_download(admin_cli, tmp_path):
     assert pq.read_table(tmp_path / f"dataset-{dataset_id}-train.parquet").num_rows == 5
 
 
-def test_bad_upload_names_the_line(admin_cli, tmp_path):
+def test_bad_upload_names_the_line(admin_cli, tmp_path, app):
     source = tmp_path / "bad.jsonl"
     source.write_text('{"text": "fine"}\n{"nothing": 1}\n', encoding="utf-8")
-    result = admin_cli("datasets", "upload", str(source))
+    queued = admin_cli("datasets", "upload", str(source))
+    assert queued.exit_code == 0 and "queued" in queued.output, queued.output
+    with dataset_worker(app):
+        result = admin_cli("datasets", "upload", str(source), "--wait")
     _fails_cleanly(result)
     assert "bad records" in result.stderr and "2" in result.stderr
 

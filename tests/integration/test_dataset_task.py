@@ -87,3 +87,42 @@ def test_a_spec_that_no_longer_holds_fails_with_the_reason(db, settings, corpus,
     summary, dataset = _build(db, settings, owner, spec)
     assert summary["outcome"] == "failed"
     assert dataset["error_code"] == "invalid_spec" and "gone" in dataset["error_message"]
+
+
+def test_a_build_records_its_size_on_disk(db, settings, corpus, owner):
+    _, dataset = _build(db, settings, owner)
+    directory = settings.datasets_dir / str(dataset["id"])
+    assert dataset["size_bytes"] == sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+def test_records_past_max_record_bytes_are_dropped_and_counted(db, settings_overrides, corpus, owner):
+    limited = load({**settings_overrides, "max_record_bytes": 250}, environ={})
+    summary, dataset = _build(db, limited, owner)
+    assert summary["outcome"] == "completed", dataset["error_message"]
+    manifest = dataset["manifest"]
+    dropped = manifest["removed"]["too_large"]
+    assert dropped > 0 and manifest["formatting"]["dropped"]["too_large"] == dropped
+    lines = (limited.datasets_dir / str(dataset["id"]) / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert lines and all(len(json.loads(line)["text"].encode()) <= 250 for line in lines)
+
+
+def test_a_build_past_its_time_limit_fails_with_time_limit(db, settings_overrides, corpus, owner):
+    hurried = load({**settings_overrides, "dataset_time_limit": 0.001}, environ={})
+    summary, dataset = _build(db, hurried, owner)
+    assert summary["outcome"] == "failed"
+    assert dataset["error_code"] == "time_limit" and "0.001 seconds" in dataset["error_message"]
+    assert not (hurried.datasets_dir / str(dataset["id"])).exists()
+    assert not list(hurried.datasets_dir.glob("*.partial"))
+
+
+def test_an_upload_past_its_time_limit_fails_with_time_limit_and_stores_nothing(db, settings_overrides, owner):
+    hurried = load({**settings_overrides, "dataset_time_limit": 0.001}, environ={})
+    dataset = datasets.create_dataset(db, name="faq", description="", kind="upload", owner_id=owner["id"],
+                                      spec={"type": "upload", "filename": "faq.jsonl", "format": "jsonl"})
+    hurried.datasets_dir.mkdir(parents=True, exist_ok=True)
+    incoming = hurried.datasets_dir / f"{dataset['id']}.incoming"
+    incoming.write_text("".join(json.dumps({"text": f"Satz {i}."}) + "\n" for i in range(5000)), encoding="utf-8")
+    assert run_dataset_job(db, hurried, dataset["id"], worker="w")["outcome"] == "failed"
+    ended = datasets.get_dataset(db, dataset["id"])
+    assert ended["error_code"] == "time_limit" and ended["size_bytes"] is None
+    assert not incoming.exists() and list(hurried.datasets_dir.iterdir()) == []

@@ -8,6 +8,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from tests.integration.dataset_jobs import finish_upload
+
 GOOD_JSONL = "".join(json.dumps({"instruction": f"Frage {i}: Wie melde ich mich um?", "input": "",
                                  "output": f"Antwort {i}: Im Bürgerbüro mit Personalausweis."}) + "\n"
                      for i in range(12))
@@ -19,14 +21,20 @@ def _upload(client, headers, content: bytes | str, filename: str = "faq.jsonl", 
 
 
 @pytest.fixture
-def uploaded(client, analyst):
+def uploaded(app, client, analyst):
+    return finish_upload(app, client, analyst, _upload(client, analyst, GOOD_JSONL, name="faq"))
+
+
+def test_upload_is_queued_then_stored_as_a_completed_dataset(app, client, analyst, queue_length, storage):
     response = _upload(client, analyst, GOOD_JSONL, name="faq")
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()
-
-
-def test_upload_is_stored_as_a_completed_dataset(client, analyst, uploaded):
+    assert response.status_code == 202 and response.get_json()["status"] == "queued"
+    assert queue_length("cpu") == 1 and queue_length("gpu") == 0
+    assert (storage["datasets"] / f"{response.get_json()['id']}.incoming").is_file()
+    uploaded = finish_upload(app, client, analyst, response)
+    assert not (storage["datasets"] / f"{uploaded['id']}.incoming").exists()
     assert uploaded["status"] == "completed" and uploaded["kind"] == "upload" and uploaded["name"] == "faq"
+    assert uploaded["size_bytes"] == sum(
+        path.stat().st_size for path in (storage["datasets"] / uploaded["id"]).rglob("*") if path.is_file())
     manifest = uploaded["manifest"]
     assert manifest["records"] == {"train": 12, "validation": 0}
     assert set(manifest["files"]) == {"jsonl", "parquet", "csv"}
@@ -39,17 +47,25 @@ def test_upload_is_stored_as_a_completed_dataset(client, analyst, uploaded):
 
 
 @pytest.mark.parametrize("content,filename,needle", [
-    ('{"text": "ok"}\n{"text": 5}\n{"txt": "x"}\n', "bad.jsonl", "line 2"),
+    ('{"text": "ok"}\n{"text": 5}\n{"txt": "x"}\n', "bad.jsonl", "line 2: field 'text' must be a string"),
     ('text\nfine\n""\n', "blank.csv", "row 2"),
-    ("", "empty.jsonl", "no records"),
     ('{"text": "ok"}\nnot json\n', "broken.jsonl", "line 2"),
+    ("\n\n", "blank.jsonl", "no records"),
 ])
-def test_bad_uploads_name_the_lines(client, analyst, content, filename, needle):
+def test_bad_uploads_fail_with_the_lines_named(app, client, analyst, content, filename, needle, storage):
     response = _upload(client, analyst, content, filename)
+    assert response.status_code == 202, response.get_json()
+    dataset = finish_upload(app, client, analyst, response)
+    assert dataset["status"] == "failed" and dataset["error"]["code"] == "invalid_records", dataset
+    assert needle in dataset["error"]["message"]
+    assert not (storage["datasets"] / dataset["id"]).exists()
+    assert not (storage["datasets"] / f"{dataset['id']}.incoming").exists()
+
+
+def test_an_empty_file_is_refused_at_once(client, analyst):
+    response = _upload(client, analyst, "", "empty.jsonl")
     assert response.status_code == 422, response.get_json()
-    problems = response.get_json()["error"]["details"]["fields"]["file"]
-    if needle:
-        assert any(needle in problem for problem in problems), problems
+    assert response.get_json()["error"]["details"]["fields"]["file"] == ["the file holds no records"]
     assert client.get("/api/datasets", headers=analyst).get_json()["data"] == []
 
 

@@ -24,7 +24,7 @@ def test_concurrent_starts_apply_each_migration_once(database_url):
     try:
         with db.transaction() as cur:
             cur.execute("DROP TABLE audit_log, training_checkpoints, job_events, training_jobs, dataset_events,"
-                        " dataset_jobs, users, schema_migrations")
+                        " dataset_jobs, auth_sessions, users, schema_migrations")
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda _: migrations.apply(Database(database_url)), range(4)))
         applied = [versions for versions in results if versions]

@@ -112,3 +112,48 @@ def test_both_routes_are_in_the_openapi_document(client):
     assert "/api/training/jobs/{job_id}/metrics" in paths
     png = paths["/api/training/jobs/{job_id}/loss.png"]["get"]["responses"]
     assert "image/png" in png["200"]["content"] and "409" in png
+
+
+def _many_progress_events(db, job_id, steps: int, eval_every: int) -> None:
+    """A long run's progress events, inserted in bulk: one per step and an evaluation every eval_every steps."""
+    with db.transaction() as cur:
+        cur.execute(
+            "INSERT INTO job_events (job_id, type, level, message, data)"
+            " SELECT %s, 'progress', 'info', 'Step ' || g, jsonb_build_object('step', g, 'total_steps', %s,"
+            "  'train_loss', 10.0 / g, 'learning_rate', 0.001, 'tokens_per_second', 900.0)"
+            " FROM generate_series(1, %s) AS g",
+            (job_id, steps, steps))
+        cur.execute(
+            "INSERT INTO job_events (job_id, type, level, message, data)"
+            " SELECT %s, 'progress', 'info', 'Evaluation', jsonb_build_object('eval_step', g, 'eval_loss', 5.0 / g,"
+            "  'perplexity', 2.0) FROM generate_series(%s, %s, %s) AS g",
+            (job_id, eval_every, steps, eval_every))
+
+
+def test_a_long_runs_metrics_are_bounded_and_keep_the_last_step(client, db, trainer):
+    from settings import Settings
+
+    job_id = _job(db, _user_id(client, trainer))
+    _many_progress_events(db, job_id, steps=50_000, eval_every=1000)
+    body = client.get(f"/api/training/jobs/{job_id}/metrics", headers=trainer).get_json()
+    bound = Settings().max_plot_points
+    steps = [point["step"] for point in body["train"]]
+    assert bound // 2 <= len(steps) <= bound
+    assert steps == sorted(set(steps)) and steps[-1] == 50_000
+    assert body["train"][-1] == {"step": 50_000, "loss": 10.0 / 50_000, "learning_rate": 0.001,
+                                 "tokens_per_second": 900.0}
+    # Evenly spaced by step: no gap much wider than an even share of the run.
+    assert max(b - a for a, b in zip(steps, steps[1:], strict=False)) <= 2 * 50_000 // bound
+    assert [point["step"] for point in body["eval"]] == list(range(1000, 50_001, 1000))
+    png = client.get(f"/api/training/jobs/{job_id}/loss.png", headers=trainer)
+    assert png.status_code == 200 and png.get_data().startswith(PNG_SIGNATURE)
+
+
+def test_eval_points_are_bounded_too(client, db, trainer):
+    from api.plots import job_metrics
+
+    job_id = _job(db, _user_id(client, trainer))
+    _many_progress_events(db, job_id, steps=5000, eval_every=10)
+    series = job_metrics(db, job_id, max_points=40)
+    assert len(series["train"]) <= 40 and series["train"][-1]["step"] == 5000
+    assert len(series["eval"]) <= 40 and series["eval"][-1]["step"] == 5000

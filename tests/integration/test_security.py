@@ -83,7 +83,10 @@ def test_admin_disables_a_user_and_their_tokens_stop_working(client, db, admin, 
     assert client.get("/api/auth/me", headers=_bearer(tokens["access_token"])).status_code == 401
     assert client.post("/api/auth/refresh", headers=_bearer(tokens["refresh_token"])).status_code == 401
     assert client.patch(f"/api/users/{user['id']}", headers=admin, json={"disabled": False}).status_code == 200
-    assert client.get("/api/auth/me", headers=_bearer(tokens["access_token"])).status_code == 200
+    # Re-enabling does not revive the tokens of before the disable; a new login works.
+    assert client.get("/api/auth/me", headers=_bearer(tokens["access_token"])).status_code == 401
+    assert client.post("/api/auth/refresh", headers=_bearer(tokens["refresh_token"])).status_code == 401
+    assert client.get("/api/auth/me", headers=_bearer(login("tom")["access_token"])).status_code == 200
 
 
 def test_admin_cannot_disable_themselves_and_unknown_users_are_404(client, admin):
@@ -133,24 +136,37 @@ def test_login_limits_behind_a_proxy_go_by_the_forwarded_address_only_when_trust
         response = client.post("/api/auth/login", json={"username": f"nobody{attempt}", "password": "wrong-pass"},
                                headers={"X-Forwarded-For": "203.0.113.7"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
         assert response.status_code == 401
-    other_client = client.post("/api/auth/login", json={"username": "ana", "password": PASSWORD},
+    other_client = client.post("/api/auth/login", json={"username": "nobody0", "password": "wrong-pass"},
                                headers={"X-Forwarded-For": "198.51.100.2"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
-    # Trusted, the proxy's other client has its own counter; untrusted, all of them share the proxy's.
-    assert other_client.status_code == (200 if counted_apart else 429)
+    # Trusted, the proxy's other client has its own counter; untrusted, all of them share the proxy's, which
+    # refuses usernames that failed before.
+    assert other_client.status_code == (401 if counted_apart else 429)
+    # Either way a username with a clean record still logs in: a shared address never locks everyone out.
+    clean = client.post("/api/auth/login", json={"username": "ana", "password": PASSWORD},
+                        headers={"X-Forwarded-For": "198.51.100.2"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert clean.status_code == 200
 
 
-def test_failed_logins_per_address_answer_429_and_a_good_login_does_not_reset_them(settings_overrides, db):
+def test_failed_logins_per_address_refuse_usernames_that_failed_but_never_everyone(settings_overrides, db):
     app = create_app({**settings_overrides, "login_max_failures_per_address": 5})
     client = app.test_client()
     create_user(db, "ana", PASSWORD, "analyst")
+    create_user(db, "tom", PASSWORD, "trainer")
     for attempt in range(4):
         assert _login(client, f"nobody{attempt}", "wrong-password-1").status_code == 401
     # A successful login from the same address must not wipe out the failures others caused there.
     assert _login(client, "ana").status_code == 200
     assert _login(client, "nobody9", "wrong-password-1").status_code == 401
-    locked = _login(client, "ana")
+    # The address is over its limit: a username that failed in its window is refused from there ...
+    locked = _login(client, "nobody0", "wrong-password-1")
     assert locked.status_code == 429 and "Retry-After" in locked.headers
-    assert _login(client, "ana", address="10.9.9.9").status_code == 200
+    # ... one with a clean record still logs in with the right password ...
+    assert _login(client, "ana").status_code == 200
+    # ... and has one wrong guess, after which it is refused from there too, even with the right password.
+    assert _login(client, "tom", "wrong-password-1").status_code == 401
+    assert _login(client, "tom").status_code == 429
+    # From another address tom's one failure is far below the per-username limit.
+    assert _login(client, "tom", address="10.9.9.9").status_code == 200
 
 
 def test_the_failure_window_expires(settings_overrides, db, redis_url):

@@ -154,6 +154,9 @@ def test_streams_need_a_token(client, finished_job):
 @pytest.mark.parametrize("query,headers,field", [
     ("?after=x", {}, "after"), ("?after=-1", {}, "after"), ("", {"Last-Event-ID": "abc"}, "Last-Event-ID"),
     ("?sneaky=1", {}, "sneaky"), ("?after=%C2%B2", {}, "after"),
+    # More digits than int() converts (4,300) used to answer 500; more than a bigint holds is no event id either.
+    ("?after=" + "9" * 5000, {}, "after"), ("", {"Last-Event-ID": "9" * 5000}, "Last-Event-ID"),
+    ("?after=9223372036854775808", {}, "after"),
 ])
 def test_bad_cursors_and_unknown_parameters_are_rejected(client, trainer, finished_job, query, headers, field):
     response = client.get(f"/api/training/jobs/{finished_job}/events/stream{query}", headers={**trainer, **headers})
@@ -193,10 +196,53 @@ def test_streams_past_the_limit_answer_503_and_a_closed_one_frees_its_slot(setti
     url = f"/api/training/jobs/{job_id}/events/stream"
     first = client.get(url, headers=admin, buffered=False)
     assert first.status_code == 200
-    busy = client.get(url, headers=admin)
+    busy = client.get(url, headers=user_headers("analyst"))
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
     assert busy.get_json()["error"]["code"] == "streams_busy"
     first.close()
     second = client.get(url, headers=admin, buffered=False)
     assert second.status_code == 200
     second.close()
+
+
+def test_one_user_may_hold_only_max_streams_per_user_across_processes(settings_overrides, db, user_headers):
+    from api import create_app
+
+    settings = {**settings_overrides, "max_streams_per_process": 3, "max_streams_per_user": 1}
+    first_app, second_app = create_app(settings), create_app(settings)
+    client, other_process = first_app.test_client(), second_app.test_client()
+    admin, analyst = user_headers("admin"), user_headers("analyst")
+    job_id = _job(db, client.get("/api/auth/me", headers=admin).get_json()["id"])
+    url = f"/api/training/jobs/{job_id}/events/stream"
+    held = client.get(url, headers=admin, buffered=False)
+    assert held.status_code == 200
+    try:
+        # The limit is the user's across processes (counted in Redis), while the process still has room.
+        for refused in (client.get(url, headers=admin), other_process.get(url, headers=admin)):
+            assert refused.status_code == 429, refused.get_json()
+            assert refused.get_json()["error"]["code"] == "too_many_streams"
+            assert int(refused.headers["Retry-After"]) > 0
+        others = client.get(url, headers=analyst, buffered=False)
+        assert others.status_code == 200
+        others.close()
+    finally:
+        held.close()
+    again = other_process.get(url, headers=admin, buffered=False)
+    assert again.status_code == 200
+    again.close()
+
+
+def test_a_place_left_by_a_dead_process_lapses(settings_overrides, db, client, admin, redis_url):
+    """A process that dies with a stream open cannot free its place; the place lapses after the stream's limit."""
+    import redis
+
+    from api.streams import USER_STREAMS_KEY
+
+    user_id = client.get("/api/auth/me", headers=admin).get_json()["id"]
+    store = redis.Redis.from_url(redis_url)
+    store.zadd(f"{USER_STREAMS_KEY}{user_id}", {"lapsed": time.time() - 1})
+    job_id = _job(db, user_id)
+    response = client.get(f"/api/training/jobs/{job_id}/events/stream", headers=admin, buffered=False)
+    assert response.status_code == 200
+    response.close()
+    assert store.zcard(f"{USER_STREAMS_KEY}{user_id}") == 0

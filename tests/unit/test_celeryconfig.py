@@ -39,3 +39,11 @@ def test_training_has_a_soft_and_a_hard_time_limit_inside_the_visibility_timeout
     # The trainer stops itself at 3600 s; Celery's limits are backstops after it.
     assert 3600 < limits["soft_time_limit"] < limits["time_limit"]
     assert limits["time_limit"] < config["broker_transport_options"]["visibility_timeout"]
+
+
+def test_dataset_builds_have_time_limits_inside_the_visibility_timeout():
+    config = celeryconfig.build(load({"job_time_limit": 3600, "dataset_time_limit": 7200}, environ={}))
+    limits = config["task_annotations"]["clara.build_dataset"]
+    # The build stops itself at 7200 s between batches; Celery's limits catch a batch that never ends.
+    assert 7200 < limits["soft_time_limit"] < limits["time_limit"]
+    assert limits["time_limit"] < config["broker_transport_options"]["visibility_timeout"]

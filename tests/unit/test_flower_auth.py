@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -24,15 +25,32 @@ def _flower_commands_in_makefile() -> list[str]:
     return recipes
 
 
-def test_makefile_flower_refuses_without_credentials_and_passes_them():
+def test_makefile_flower_refuses_without_credentials_and_passes_them_through_the_environment():
     recipes = _flower_commands_in_makefile()
     assert recipes, "no Makefile recipe starts Flower; this test must be updated with it"
     for recipe in recipes:
         command = recipe.splitlines()[-1]
-        assert any(option in command for option in AUTH_OPTIONS), command
+        # Set for the celery process only, where `ps` cannot show it; an option would be in its command line.
+        assert command.startswith('FLOWER_BASIC_AUTH="$$CLARA_FLOWER_BASIC_AUTH" '), command
+        assert not any(option in command for option in AUTH_OPTIONS), command
         # The line before stops the target when the credentials are empty.
         assert 'test -n "$$CLARA_FLOWER_BASIC_AUTH"' in recipe and "exit 1" in recipe, recipe
         assert "FLOWER_UNAUTHENTICATED_API" not in recipe
+
+
+def test_flower_reads_its_basic_auth_from_the_environment(monkeypatch):
+    from flower.command import apply_env_options
+    from flower.options import options
+
+    for name in [name for name in os.environ if name.startswith("FLOWER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "admin:s3cret-from-the-environment")
+    before = options.basic_auth
+    try:
+        apply_env_options()
+        assert options.basic_auth == ["admin:s3cret-from-the-environment"]
+    finally:
+        options.basic_auth = before
 
 
 def test_compose_flower_requires_credentials():

@@ -9,6 +9,8 @@ import pytest
 from api.paths import PathRejected, resolve_base_model, resolve_dataset, resolve_inside
 from settings import load
 
+HUB_IDS = ("gpt2", "meta-llama/Llama-3.1-8B", "TinyLlama/TinyLlama-1.1B-Chat-v1.0")
+
 
 @pytest.fixture
 def settings(tmp_path):
@@ -17,7 +19,8 @@ def settings(tmp_path):
     (tmp_path / "models" / "tiny").mkdir()
     (tmp_path / "data" / "ok.jsonl").write_text(json.dumps({"text": "Guten Tag"}) + "\n")
     return load({"data_dir": tmp_path / "data", "models_dir": tmp_path / "models",
-                 "output_dir": tmp_path / "outputs", "allow_hub_models": True}, environ={})
+                 "output_dir": tmp_path / "outputs", "allow_hub_models": True,
+                 "hub_model_allowlist": HUB_IDS}, environ={})
 
 
 @pytest.mark.parametrize("requested", ["../x", "a/../../x", "/etc/passwd", "", "a\\b", "a\x00b"])
@@ -42,9 +45,20 @@ def test_local_model_directory_wins(settings):
     assert resolve_base_model(settings, "tiny") == str(settings.models_dir / "tiny")
 
 
-@pytest.mark.parametrize("hub_id", ["gpt2", "meta-llama/Llama-3.1-8B", "TinyLlama/TinyLlama-1.1B-Chat-v1.0"])
+@pytest.mark.parametrize("hub_id", HUB_IDS)
 def test_hub_ids_pass_when_allowed(settings, hub_id):
     assert resolve_base_model(settings, hub_id) == hub_id
+
+
+@pytest.mark.parametrize("hub_id", ["gpt2-xl", "meta-llama/Llama-3.1-70B", "tinyllama/tinyllama-1.1b-chat-v1.0"])
+def test_hub_ids_off_the_allowlist_are_refused(settings, hub_id):
+    with pytest.raises(PathRejected, match="CLARA_HUB_MODEL_ALLOWLIST"):
+        resolve_base_model(settings, hub_id)
+
+
+def test_hub_models_are_off_by_default(tmp_path):
+    assert load({"models_dir": tmp_path}, environ={}).allow_hub_models is False
+    assert load({"models_dir": tmp_path}, environ={}).hub_model_allowlist == ()
 
 
 def test_hub_ids_refused_when_not_allowed(settings):

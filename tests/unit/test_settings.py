@@ -54,8 +54,8 @@ def test_production_refuses_default_or_weak_secret(secret, message):
     environ = {"CLARA_ENV": "production"}
     if secret is not None:
         environ["CLARA_SECRET_KEY"] = secret
-    with pytest.raises(SettingsError, match=message):
-        load(environ=environ)
+    # Only the API signs tokens, so only the API refuses (configure_jwt raises these); workers load fine.
+    assert any(message in problem for problem in load(environ=environ).api_problems())
 
 
 def test_production_starts_with_a_real_secret():

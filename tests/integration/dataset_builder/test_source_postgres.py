@@ -355,3 +355,33 @@ def test_unreachable_database_raises_source_error(source_database_url: str, make
     with pytest.raises(SourceError, match="cannot connect to the source database"):
         list(read_source({"type": "postgres"}, context))
 
+
+
+def test_no_write_gets_through_the_source_connection(context: SourceContext) -> None:
+    statement = "INSERT INTO documents (id, content) VALUES ('evil', 'written by a build')"
+    with postgres.connect(context) as conn:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute(statement)
+        conn.rollback()
+        # Outside the source's own transactions too: the session default is read only.
+        conn.autocommit = True
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute(statement)
+    with psycopg.connect(context.source_database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM documents WHERE id = 'evil'").fetchone()[0] == 0
+
+
+def test_the_source_connects_with_the_role_of_its_own_url(context: SourceContext) -> None:
+    role = f"clara_reader_{int(time.time() * 1000) % 10**9}"
+    with psycopg.connect(context.source_database_url, autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE ROLE {} LOGIN").format(psycopg.sql.Identifier(role)))
+        admin.execute(psycopg.sql.SQL("GRANT SELECT ON documents TO {}").format(psycopg.sql.Identifier(role)))
+    try:
+        reader = replace(context, source_database_url=context.source_database_url.replace("postgres@", f"{role}@"))
+        assert len(ids({"type": "postgres"}, reader)) == len(ROWS)
+        with postgres.connect(reader) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == role
+    finally:
+        with psycopg.connect(context.source_database_url, autocommit=True) as admin:
+            admin.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(psycopg.sql.Identifier(role)))
+            admin.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))

@@ -118,3 +118,47 @@ def test_a_crash_while_saving_leaves_no_checkpoint(
     assert (store.staging / "checkpoint-3" / "optimizer.pt").is_file()
     assert not (tmp_path / "checkpoints" / "checkpoint-3").exists()
     assert not (tmp_path / "adapter").exists()
+
+
+EARLY_STOPPING = {"max_steps": 12, "eval_steps": 1, "save_steps": 1, "save_total_limit": 1, "validation_split": 0.2,
+                  "early_stopping_patience": 2, "learning_rate": 0.2, "lora_dropout": 0.0}
+
+
+def adapter_weights(adapter_dir: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(adapter_dir / "adapter_model.safetensors"))
+
+
+def test_early_stopping_survives_a_resume_and_publishes_the_best_weights(
+    tmp_path: Path, plain_model_dir: Path, demo_dataset: Path, reporter_factory: Callable[..., Any]
+) -> None:
+    import torch
+
+    whole = reporter_factory()
+    reference = train(request_for(tmp_path / "whole", plain_model_dir, demo_dataset, **EARLY_STOPPING), whole)
+    losses = {step: metrics["eval_loss"] for step, metrics in whole.evaluations}
+    # With this learning rate the eval loss is lowest at step 5 and two worse evaluations stop the run at step 7.
+    assert reference.metrics["stopped_early"] and reference.metrics["best_step"] == 5
+    assert reference.metrics["total_steps"] == 7
+    assert min(losses, key=losses.get) == 5
+
+    first = reporter_factory(time_up_after=5)
+    stopped = train(request_for(tmp_path, plain_model_dir, demo_dataset, **EARLY_STOPPING), first)
+    assert stopped.status == "time_limit"
+    # Stopped at step 6, one evaluation after the best; the best checkpoint is kept although the limit is 1.
+    assert [step for step, _ in first.evaluations] == [1, 2, 3, 4, 5, 6]
+    assert [c.step for c in CheckpointStore(tmp_path / "checkpoints", limit=1).list()] == [5, 6]
+
+    second = reporter_factory()
+    resumed = train(request_for(tmp_path, plain_model_dir, demo_dataset, **EARLY_STOPPING), second)
+    assert resumed.status == "completed" and resumed.metrics["resumed_from_step"] == 6
+    # Patience carried over: the first evaluation after the resume is the second without improvement.
+    assert [step for step, _ in second.evaluations] == [7]
+    assert resumed.metrics["stopped_early"] is True and resumed.metrics["total_steps"] == 7
+    assert resumed.metrics["best_step"] == 5
+    assert resumed.metrics["eval_loss"] == pytest.approx(losses[5], rel=1e-5)
+    published, expected = adapter_weights(resumed.adapter_dir), adapter_weights(reference.adapter_dir)
+    assert published.keys() == expected.keys()
+    for name, weights in expected.items():
+        torch.testing.assert_close(published[name], weights, rtol=1e-4, atol=1e-6)

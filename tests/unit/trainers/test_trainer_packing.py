@@ -14,7 +14,8 @@ from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from trainers.data import IGNORE_INDEX, load_dataset
-from trainers.packing import PackedCollator, pack_examples, row_record_count, should_pack
+from trainers.model_loading import ATTENTION_IMPLEMENTATIONS
+from trainers.packing import PackedCollator, pack_examples, pad_rows, row_record_count, should_pack
 
 # Token ids say which record and position they come from, so a test can trace every token back.
 STRIDE = 10_000
@@ -144,8 +145,9 @@ def test_packing_nothing_gives_no_rows() -> None:
         ([512] * 10 + seeded_lengths(90, 20, 200), True),
         ([512] + [300] * 99, False),
         (seeded_lengths(100, 300, 512), False),
-        ([30] * 100, True),
-        ([128] * 100, True),
+        # A step trains on batch_size records packed or not, so records of one length gain nothing.
+        ([30] * 100, False),
+        ([128] * 100, False),
         ([200] * 100, False),
         ([], False),
         ([10], False),
@@ -165,12 +167,12 @@ def test_should_pack_sees_no_padding_to_save_in_batches_of_one() -> None:
 
 # ---- PackedCollator ----
 
-def test_packed_collator_pads_with_a_sequence_of_its_own() -> None:
+def test_packed_rows_pad_with_a_sequence_of_their_own() -> None:
     rows = [
         {"input_ids": [0, 5, 6, 0, 7], "labels": [-100, 5, 6, -100, 7], "position_ids": [0, 1, 2, 0, 1]},
         {"input_ids": [0, 8], "labels": [-100, 8], "position_ids": [0, 1]},
     ]
-    batch = PackedCollator(pad_token_id=3, pad_to_multiple_of=4)(rows)
+    batch = pad_rows(rows, pad_token_id=3, pad_to_multiple_of=4)
     assert set(batch) == {"input_ids", "labels", "position_ids", "num_real_tokens", "use_cache"}
     assert batch["input_ids"].tolist() == [[0, 5, 6, 0, 7, 3, 3, 3], [0, 8, 3, 3, 3, 3, 3, 3]]
     assert batch["labels"].tolist() == [[-100, 5, 6, -100, 7, -100, -100, -100], [-100, 8] + [-100] * 6]
@@ -179,12 +181,23 @@ def test_packed_collator_pads_with_a_sequence_of_its_own() -> None:
     assert batch["use_cache"] is False
 
 
-def test_packed_collator_without_multiple_pads_to_the_longest_row() -> None:
+def test_packed_rows_without_multiple_pad_to_the_longest_row() -> None:
     rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "position_ids": [0, 1, 2]},
             {"input_ids": [4], "labels": [-100], "position_ids": [0]}]
-    batch = PackedCollator(pad_token_id=0)(rows)
+    batch = pad_rows(rows, pad_token_id=0)
     assert batch["input_ids"].shape == (2, 3)
     assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
+
+
+def test_packed_collator_packs_only_the_records_of_its_batch() -> None:
+    examples = synthetic_examples([5, 3, 6, 2])
+    batch = PackedCollator(pad_token_id=0, max_seq_length=8)(examples)
+    # Best fit decreasing: 6 + 2 and 5 + 3 fill two rows of 8; every record of the batch is there, no other.
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["num_real_tokens"] == 16
+    assert sorted(batch["input_ids"].flatten().tolist()) == sorted(
+        token for example in examples for token in example["input_ids"])
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1], [0, 1, 2, 3, 4, 0, 1, 2]]
 
 
 # ---- equivalence with running each record alone ----
@@ -208,14 +221,22 @@ def packed_forward(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return model(**inputs)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_clara_selects_only_attention_the_packing_test_covers() -> None:
+    # Clara loads with these and no other; the equivalence test below runs under each of them.
+    assert ATTENTION_IMPLEMENTATIONS == ("sdpa", "eager")
+
+
+@pytest.mark.parametrize("attention", ATTENTION_IMPLEMENTATIONS)
 def test_packed_logits_and_loss_equal_each_record_run_alone(
     tiny_model_dir: Path, demo_examples: list[dict[str, list[int]]], attention: str
 ) -> None:
     model = load_tiny_model(tiny_model_dir, attention)
+    assert model.config._attn_implementation == attention
     rows = pack_examples(demo_examples, max_seq_length=384)
     assert max(row_record_count(row) for row in rows) >= 3
-    batch = PackedCollator(model.config.pad_token_id, pad_to_multiple_of=8)(rows)
+    # The collator packs a batch of records exactly as training does.
+    batch = PackedCollator(model.config.pad_token_id, max_seq_length=384, pad_to_multiple_of=8)(demo_examples)
+    assert batch["input_ids"].shape[0] == len(rows)
     packed = packed_forward(model, batch)
     loss_sum = trained = 0.0
     for row_index, row in enumerate(rows):
@@ -254,7 +275,7 @@ def test_packed_batch_through_a_lora_model_matches_records_alone(
         task_type=TaskType.CAUSAL_LM, r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
     )).eval()
     rows = pack_examples(demo_examples[:8], max_seq_length=384)
-    packed = packed_forward(model, PackedCollator(model.config.pad_token_id)(rows))
+    packed = packed_forward(model, pad_rows(rows, model.config.pad_token_id))
     for row_index, row in enumerate(rows):
         offset = 0
         for ids, _, _ in split_row(row):

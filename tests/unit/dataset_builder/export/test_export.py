@@ -340,3 +340,25 @@ def test_read_preview_refuses_paths_outside_the_dataset(tmp_path: Path) -> None:
         read_preview(out, escaping, "train", 5)
     with pytest.raises(ValueError):
         read_preview(out, {"csv": files["jsonl"]}, "train", 5)
+
+
+FORMULAS = ["=HYPERLINK(\"http://x\")", "+1+2", "-3", "@SUM(A1)", "\tTab", "harmlos = 1", "'schon"]
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_escaped(tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path / "out", ["jsonl", "csv"], "instruction")
+    records = [{"instruction": text, "input": "", "output": "ok"} for text in FORMULAS]
+    writer.write("train", records)
+    writer.close()
+    escaped = [row["instruction"] for row in read_csv(tmp_path / "out" / "train.csv", "instruction")]
+    assert escaped == ["'=HYPERLINK(\"http://x\")", "'+1+2", "'-3", "'@SUM(A1)", "'\tTab", "harmlos = 1", "'schon"]
+    # JSONL, what the trainers read, keeps the records as they are.
+    lines = (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["instruction"] for line in lines] == FORMULAS
+
+
+def test_csv_escaping_can_be_turned_off_for_machine_consumers(tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path / "out", ["csv"], "text", escape_formulas=False)
+    writer.write("train", [{"text": text} for text in FORMULAS])
+    writer.close()
+    assert [row["text"] for row in read_csv(tmp_path / "out" / "train.csv", "text")] == FORMULAS

@@ -11,6 +11,7 @@ from dataset_builder.documents import Document
 from dataset_builder.formatting import (
     FormatCounts,
     FormatSpec,
+    RecordTooLarge,
     TemplateError,
     format_document,
     record_kind,
@@ -347,3 +348,34 @@ def test_token_estimate_is_characters_over_four_rounded_up(record: dict, expecte
 )
 def test_record_kind_matches_the_trainers_shapes(record: dict, expected: str | None) -> None:
     assert record_kind(record) == expected
+
+
+def test_a_template_repeating_a_field_is_refused_naming_the_mapping_key() -> None:
+    amplified = FormatSpec.from_dict({"kind": "text", "mapping": {"text": "{content}" * 2222}})
+    assert amplified.problems() == [
+        "format.mapping.text: placeholder {content} is used more than 4 times in the mapping; each use copies "
+        "the whole field into the record"]
+    spread = FormatSpec.from_dict({"kind": "instruction", "mapping": {
+        "instruction": "{title} {content} {content}", "input": "{content}", "output": "{content} {content}"}})
+    assert [problem.split(":")[0] for problem in spread.problems()] == ["format.mapping.output"]
+    fine = {"kind": "instruction", "mapping": {"instruction": "{title}", "input": "{content}", "output": "{title}"}}
+    assert FormatSpec.from_dict(fine).problems() == []
+
+
+def test_a_rendered_record_past_max_bytes_is_dropped_and_counted() -> None:
+    spec = FormatSpec.from_dict({"kind": "text", "mapping": {"text": "{title}\n\n{content}"}})
+    counts = FormatCounts()
+    long = store_document(content="ä" * 600)
+    # 600 characters, 1200 bytes of UTF-8: the byte count decides.
+    assert format_document(long, spec, counts, max_bytes=1000) is None
+    assert format_document(store_document(content="kurz"), spec, counts, max_bytes=1000) == {
+        "text": "Wohngeld\n\nkurz"}
+    assert format_document(long, spec, counts) is not None
+    assert counts.to_dict()["dropped"] == {"too_large": 1}
+
+
+def test_rendering_stops_as_soon_as_the_text_is_past_the_limit() -> None:
+    huge = store_document(content="x" * 10_000)
+    with pytest.raises(RecordTooLarge):
+        render("{content}{content}{content}", huge, max_chars=15_000)
+    assert len(render("{content}", huge, max_chars=15_000)) == 10_000

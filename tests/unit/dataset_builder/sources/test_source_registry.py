@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -166,3 +167,31 @@ def test_context_takes_the_callers_upload_path_and_batch_size() -> None:
 def test_bad_documents_columns_are_refused(columns: str) -> None:
     with pytest.raises(ValueError, match="documents columns must look like id=doc_id,title=name"):
         DocumentTable.from_setting("documents", columns)
+
+
+@pytest.mark.parametrize(("spec", "problem"), [
+    ({"type": "postgres"}, "sources[0].type: postgres table 'documents' is not allowed here; allowed: none"),
+    ({"type": "chroma", "collection": "personal"},
+     "sources[0].collection: chroma collection 'personal' is not allowed here; allowed: laws, faq"),
+    ({"type": "neo4j", "label": "Person"}, "sources[0].label: neo4j label 'Person' is not allowed here; allowed: Law"),
+    ({"type": "neo4j"}, "sources[0].label: neo4j label 'Document' is not allowed here; allowed: Law"),
+])
+def test_the_allowlist_refuses_what_it_does_not_name(context: SourceContext, spec: dict, problem: str) -> None:
+    allowed = replace(context, allowlist=("chroma:laws", "chroma:faq", "neo4j:Law"))
+    assert source_problems(spec, allowed, 0) == [problem]
+
+
+def test_the_allowlist_lets_through_what_it_names(context: SourceContext) -> None:
+    allowed = replace(context, allowlist=("postgres:documents", "neo4j:Law"), neo4j_uri="bolt://localhost:7687")
+    assert source_problems({"type": "postgres"}, allowed, 0) == []
+    assert source_problems({"type": "neo4j", "label": "Law", "properties": {"law": "BDSG"}}, allowed, 0) == []
+    # Uploads are the users' own records, whatever the allowlist.
+    assert source_problems({"type": "upload", "dataset_id": "x"}, allowed, 0) == [
+        "sources[0].dataset_id: no uploaded dataset 'x'"]
+
+
+def test_the_allowlist_comes_from_settings() -> None:
+    settings = clara_settings.load(environ={"CLARA_SOURCE_ALLOWLIST": "postgres:documents, chroma:laws"})
+    assert context_from_settings(settings).allowlist == ("postgres:documents", "chroma:laws")
+    with pytest.raises(clara_settings.SettingsError, match="CLARA_SOURCE_ALLOWLIST entries must look like"):
+        clara_settings.load(environ={"CLARA_SOURCE_ALLOWLIST": "mysql:users"})
