@@ -31,7 +31,9 @@ bench-datasets: install services
 bench-training: install
 	$(PY) benchmarks/bench_training.py
 
+# Closed-loop load with wrk (apt-get install -y wrk), Clara against a bare Flask app under gunicorn and python -m api.
 bench-api: install services
+	@command -v wrk >/dev/null || { echo "bench-api needs wrk: apt-get install -y wrk (Debian/Ubuntu), brew install wrk (macOS)."; exit 1; }
 	$(PY) benchmarks/bench_api.py
 
 test: install services

@@ -172,7 +172,7 @@ class Settings:
     """Longest one Server-Sent Events stream stays open; clients reconnect with Last-Event-ID and lose nothing."""
     max_streams_per_process: int = 2
     """Event streams one API process serves at once, each holding a thread; more answer 503 streams_busy."""
-    max_streams_per_user: int = 1
+    max_streams_per_user: int = 2
     """Event streams one user may hold open at once across all API processes (counted in Redis); more answer 429."""
     ready_cache_seconds: float = 5.0
     """How long an API process reuses its last /ready result, so probes cannot make it broadcast to the workers."""

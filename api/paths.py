@@ -58,7 +58,7 @@ def resolve_dataset(settings: Settings, requested: str) -> Path:
         raise PathRejected(f"no file named {requested!r} under the data directory")
     if path.stat().st_size > settings.max_dataset_bytes:
         raise PathRejected(f"is larger than the limit of {settings.max_dataset_bytes} bytes")
-    problems = sample_problems(path, settings.submit_sample_records)
+    problems = sample_problems(path, settings.submit_sample_records, settings.max_record_bytes)
     if problems:
         raise PathRejected("has bad records: " + "; ".join(problems))
     return path

@@ -103,13 +103,14 @@ _IS_EVAL = _STEP.format(key="eval_step")
 _IS_TRAIN = f"NOT coalesce({_IS_EVAL}, false) AND {_STEP.format(key='step')}"
 # The points of one series, at most %(points)s of them: the steps are cut into that many equal ranges and each
 # range keeps its highest step as last reported (a resumed run's later report wins), so the last step is kept.
+# Window aggregates, not a joined min/max subquery, which the planner may re-run for every row.
 _SAMPLED = """
-    WITH points AS (
-        SELECT id, (data->>'{key}')::bigint AS step, data FROM job_events
-        WHERE job_id = %(job_id)s AND type = 'progress' AND {where}
-    ), span AS (SELECT min(step) AS low, max(step) AS high FROM points)
-    SELECT DISTINCT ON (bucket) step, {columns}
-    FROM (SELECT points.*, (step - low) * %(points)s / (high - low + 1) AS bucket FROM points, span) AS sampled
+    SELECT DISTINCT ON (bucket) step, {columns} FROM (
+        SELECT id, step, data,
+               (step - min(step) OVER ()) * %(points)s / (max(step) OVER () - min(step) OVER () + 1) AS bucket
+        FROM (SELECT id, (data->>'{key}')::bigint AS step, data FROM job_events
+              WHERE job_id = %(job_id)s AND type = 'progress' AND {where}) AS points
+    ) AS sampled
     ORDER BY bucket, step DESC, id DESC
 """
 _TRAIN_QUERY = _SAMPLED.format(key="step", where=_IS_TRAIN,

@@ -97,8 +97,8 @@ BUSY = {"description": "streams_busy: this API process serves CLARA_MAX_STREAMS_
         "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}}
 TOO_MANY = {"description": "too_many_streams: you already hold CLARA_MAX_STREAMS_PER_USER streams, across every API "
                            "process; close one, or poll GET .../events instead (Retry-After says when to try again).",
-            "example": error_example("too_many_streams", "You already have 1 event stream open, and "
-                                                         "max_streams_per_user allows 1; close it, or poll GET "
+            "example": error_example("too_many_streams", "You already have 2 event streams open, and "
+                                                         "max_streams_per_user allows 2; close one, or poll GET "
                                                          ".../events instead."),
             "headers": {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}}
 BAD_CURSOR = {"description": "Last-Event-ID or `after` is not an event id, or the query has an unknown field.",

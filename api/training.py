@@ -221,7 +221,7 @@ def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:
     for path in (train, validation):
         if path.is_file() and path.stat().st_size > settings.max_dataset_bytes:
             raise PathRejected(f"its {path.name} is larger than the limit of {settings.max_dataset_bytes} bytes")
-    problems = sample_problems(train, settings.submit_sample_records)
+    problems = sample_problems(train, settings.submit_sample_records, settings.max_record_bytes)
     if problems:
         raise PathRejected("has bad records: " + "; ".join(problems))
     return train, validation if validation.is_file() and validation.stat().st_size else None

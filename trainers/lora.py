@@ -116,12 +116,11 @@ def check_request(request: TrainingRequest) -> None:
     """Validate a request without loading weights; raise one TrainingConfigError listing every problem."""
     hyperparameters = request.hyperparameters
     problems = list(hyperparameters.problems()) + hyperparameters.trainer_type_problems(request.trainer_type)
+    # The API checks only a sample at submission; this reads every line, and bad ones make it invalid_dataset.
     bad_records = [f"dataset: {problem}" for problem in dataset_problems(Path(request.dataset_path))]
     if request.validation_path is not None:
         bad_records.extend(f"validation: {problem}" for problem in dataset_problems(Path(request.validation_path)))
-    if bad_records:
-        # The API checks only a sample at submission; this reads every line and names the bad ones.
-        raise InvalidDataset(bad_records)
+    problems.extend(bad_records)
     if request.validation_path is None and hyperparameters.early_stopping_patience \
             and not hyperparameters.validation_split:
         problems.append("early_stopping_patience: needs validation data; set validation_split or train on a "
@@ -141,7 +140,7 @@ def check_request(request: TrainingRequest) -> None:
         # A continuous job keeps its parent's target modules, which were checked when the parent ran.
         problems.extend(_architecture_problems(config, hyperparameters.target_modules))
     if problems:
-        raise TrainingConfigError(problems)
+        raise (InvalidDataset if bad_records else TrainingConfigError)(problems)
 
 
 def _output_dir_problems(output_dir: Path) -> list[str]:

@@ -19,14 +19,25 @@ class InvalidDataset(TrainingConfigError):
     """A training or validation file has bad records; `problems` names their lines."""
 
 
-def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, str | None]]:
+class LineTooLong(ValueError):
+    """A line of a sampled file is longer than the record limit; it is never read whole."""
+
+    def __init__(self, number: int, limit: int) -> None:
+        super().__init__(f"line {number}: record is larger than {limit} bytes (max_record_bytes)")
+
+
+def read_lines(path: Path, max_bytes: int | None = None,
+               max_line_bytes: int | None = None) -> Iterator[tuple[int, str | None]]:
     """Yield (line number, text) for each non-blank line; text is None when the line is not UTF-8.
 
-    With max_bytes, only the lines wholly within the file's first max_bytes are read.
+    With max_bytes, only lines that start within the file's first max_bytes are read, and with max_line_bytes
+    a longer line raises LineTooLong after at most that many bytes of it were read.
     """
     with open(path, "rb") as handle:
-        raw_lines = handle if max_bytes is None else _lines_within(handle, max_bytes)
+        raw_lines = handle if max_bytes is None else _bounded_lines(handle, max_bytes, max_line_bytes)
         for number, raw in enumerate(raw_lines, start=1):
+            if raw is None:
+                raise LineTooLong(number, max_line_bytes or 0)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -38,17 +49,17 @@ def read_lines(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, 
                 yield number, line
 
 
-def _lines_within(handle: BinaryIO, max_bytes: int) -> Iterator[bytes]:
-    """The complete lines of a binary file within its first max_bytes; a line cut off there is left out."""
+def _bounded_lines(handle: BinaryIO, max_bytes: int, max_line_bytes: int | None) -> Iterator[bytes | None]:
+    """The lines starting within a binary file's first max_bytes; None for one past max_line_bytes, then stop."""
     remaining = max_bytes
     while remaining > 0:
-        raw = handle.readline(remaining)
+        raw = handle.readline(-1 if max_line_bytes is None else max_line_bytes + 1)
         if not raw:
             return
-        cut = len(raw) == remaining and not raw.endswith(b"\n")
-        remaining -= len(raw)
-        if cut and handle.read(1):
+        if max_line_bytes is not None and len(raw) > max_line_bytes:
+            yield None
             return
+        remaining -= len(raw)
         yield raw
 
 
@@ -111,17 +122,18 @@ def _messages_problems(messages: object) -> list[str]:
 
 
 def dataset_problems(path: Path, max_problems: int = 20, *, max_records: int | None = None,
-                     max_bytes: int | None = None) -> list[str]:
+                     max_bytes: int | None = None, max_record_bytes: int | None = None) -> list[str]:
     """Stream a JSONL file and return its problems as "line N: ...", at most max_problems of them.
 
     max_records and max_bytes check only a sample, the file's first records, in bounded time: the API does
-    that when a job is submitted, and the worker checks the whole file before training.
+    that when a job is submitted, and the worker checks the whole file before training. With max_bytes, a line
+    longer than max_record_bytes is a problem and ends the sample.
     """
     problems: list[str] = []
     records = 0
     last_line = 0
     try:
-        for number, line in read_lines(Path(path), max_bytes=max_bytes):
+        for number, line in read_lines(Path(path), max_bytes=max_bytes, max_line_bytes=max_record_bytes):
             if max_records is not None and records >= max_records:
                 return problems
             if line is None:
@@ -135,17 +147,22 @@ def dataset_problems(path: Path, max_problems: int = 20, *, max_records: int | N
                     return problems
                 problems.append(f"line {number}: {problem}")
                 last_line = number
+    except LineTooLong as error:
+        return [*problems, str(error)]
     except OSError as error:
         return [f"cannot read the file ({error.strerror or error})"]
     if records == 0 and not problems and (max_bytes is None or _size(path) <= max_bytes):
-        # A sample that holds no whole line says nothing about a longer file; the worker reads it all.
+        # A sample of nothing but blank lines says nothing about the rest of a longer file.
         problems.append("the file holds no records")
     return problems
 
 
-def sample_problems(path: Path, max_records: int) -> list[str]:
-    """The problems among a file's first max_records records within its first SAMPLE_BYTES, in bounded time."""
-    return dataset_problems(path, max_records=max_records, max_bytes=SAMPLE_BYTES)
+def sample_problems(path: Path, max_records: int, max_record_bytes: int) -> list[str]:
+    """The problems of a file's first max_records records starting within its first SAMPLE_BYTES.
+
+    At most SAMPLE_BYTES + max_record_bytes are read, so this takes bounded time whatever the file holds.
+    """
+    return dataset_problems(path, max_records=max_records, max_bytes=SAMPLE_BYTES, max_record_bytes=max_record_bytes)
 
 
 def _size(path: Path) -> int:

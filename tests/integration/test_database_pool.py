@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from api import create_app
-from records.db import Database, DatabaseBusy
+from records.db import Database, DatabaseBusy, execute_prepared
+from settings import SettingsError, load
 from tests.conftest import free_port, stop_process
 from tests.integration.conftest import PASSWORD
 
@@ -169,3 +170,31 @@ def _login(url: str, process: subprocess.Popen, log: Path) -> str:
             pass
         time.sleep(0.2)
     raise AssertionError(f"python -m api did not answer: {log.read_text()[-3000:]}")
+
+
+def test_prepared_statements_are_prepared_once_per_connection_and_recover_from_deallocation(database_url):
+    db = Database(database_url, max_connections=1)
+    statement = "SELECT $1::int + 1 AS n"
+    try:
+        for value in (1, 2):
+            with db.read() as cur:
+                execute_prepared(cur, statement, (value,))
+                assert cur.fetchone() == {"n": value + 1}
+        with db.read() as cur:
+            cur.execute("SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE %s",
+                        ("%$1::int + 1%",))
+            assert cur.fetchone()["n"] == 1
+            # Gone from the server, though the connection still thinks it has it (DISCARD ALL, a pooler).
+            cur.execute("DEALLOCATE ALL")
+            execute_prepared(cur, statement, (5,))
+            assert cur.fetchone() == {"n": 6}
+        with pytest.raises(TypeError), db.transaction() as cur:
+            execute_prepared(cur, statement, (1,))
+    finally:
+        db.reset()
+
+
+@pytest.mark.parametrize("name", ["database_pool_size", "database_pool_timeout", "max_streams_per_user"])
+def test_pool_and_stream_limits_must_be_positive(name):
+    with pytest.raises(SettingsError, match=f"CLARA_{name.upper()} must be positive"):
+        load({name: 0}, environ={})

@@ -15,7 +15,8 @@ def _json_routes(client) -> list[tuple[str, str]]:
     routes = []
     for path, item in client.get("/api/openapi.json").get_json()["paths"].items():
         for method, operation in item.items():
-            if method in ("post", "put", "patch", "delete") and "application/json" in operation.get("requestBody", {}).get("content", {}):
+            content = operation.get("requestBody", {}).get("content", {}) if isinstance(operation, dict) else {}
+            if method in ("post", "put", "patch", "delete") and "application/json" in content:
                 filled = path.replace("{job_id}", str(uuid.uuid4())).replace("{dataset_id}", str(uuid.uuid4()))
                 routes.append((method.upper(), filled.replace("{user_id}", "1")))
     return routes

@@ -248,3 +248,86 @@ def test_concurrent_passes_from_many_hosts_publish_each_job_once(db, app, settin
         thread.join(timeout=60)
     assert sorted(_queued_ids(broker, "gpu")) == sorted(jobs)
     assert sum(results) == len(jobs)
+
+
+def _ended_job_with_checkpoints(db: Database, settings: Settings, owner: int, status: str | None,
+                                ended: str | None) -> str:
+    """A job that ended `ended` ago (None: still running) with two checkpoints on disk and listed."""
+    job = _job(db, owner, status or "running", lease=None if status else "1 minute")
+    directory = settings.checkpoints_dir / job
+    for step in (10, 20):
+        (directory / f"step-{step:08d}").mkdir(parents=True)
+        (directory / f"step-{step:08d}" / "adapter_model.safetensors").write_bytes(b"w" * 100)
+    adapter = settings.output_dir / job
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with db.transaction() as cur:
+        for step in (10, 20):
+            cur.execute("INSERT INTO training_checkpoints (job_id, step, name, path, created_at)"
+                        " VALUES (%s, %s, %s, %s, now())", (job, step, f"step-{step:08d}",
+                                                            str(directory / f"step-{step:08d}")))
+        if ended:
+            cur.execute(f"UPDATE training_jobs SET finished_at = now() - interval '{ended}', adapter_path = %s"
+                        " WHERE id = %s", (str(adapter), job))
+    return job
+
+
+def test_checkpoints_of_jobs_ended_past_the_retention_are_removed_and_unlisted(db, app, settings, owner):
+    from records.checkpoints import list_checkpoints
+    from tasks.reconcile import Reconciler
+
+    assert settings.checkpoint_retention_hours == 168
+    expired = [_ended_job_with_checkpoints(db, settings, owner, status, "169 hours")
+               for status in ("completed", "failed", "cancelled")]
+    recent = _ended_job_with_checkpoints(db, settings, owner, "completed", "167 hours")
+    running = _ended_job_with_checkpoints(db, settings, owner, None, None)
+    reconciler = Reconciler(app, settings)
+    try:
+        reconciler.run_once()
+    finally:
+        reconciler.client.close()
+        reconciler.db.reset()
+    for job in expired:
+        assert not (settings.checkpoints_dir / job).exists()
+        assert list_checkpoints(db, uuid.UUID(job)) == []
+        # The published adapter is what the job delivered; retention never touches it.
+        assert (settings.output_dir / job / "adapter_config.json").is_file()
+        assert _job_row(db, job)["events"][-1] == ("Checkpoints removed 168 hours after the job ended; the adapter "
+                                                   "is kept.")
+    for job in (recent, running):
+        assert len(list((settings.checkpoints_dir / job).iterdir())) == 2
+        assert [c["step"] for c in list_checkpoints(db, uuid.UUID(job))] == [10, 20]
+
+
+def test_retention_runs_once_per_job_and_waits_for_the_reconcilers_lock(db, settings, owner):
+    from tasks.reconcile import remove_expired_checkpoints
+
+    job = _ended_job_with_checkpoints(db, settings, owner, "completed", "200 hours")
+    other = Database(settings.database_url, max_connections=1)
+    try:
+        with other.transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            assert remove_expired_checkpoints(db, settings) == 0
+            assert (settings.checkpoints_dir / job).is_dir()
+    finally:
+        other.reset()
+    assert remove_expired_checkpoints(db, settings) == 1
+    assert not (settings.checkpoints_dir / job).exists()
+    # A job whose checkpoints went is not visited again, even if something reappears in its directory.
+    (settings.checkpoints_dir / job).mkdir()
+    assert remove_expired_checkpoints(db, settings) == 0
+    assert (settings.checkpoints_dir / job).is_dir()
+
+
+def test_retention_follows_no_symlink(db, settings, owner, tmp_path):
+    from tasks.reconcile import remove_expired_checkpoints
+
+    job = _job(db, owner, "completed")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("keep")
+    (settings.checkpoints_dir / job).symlink_to(precious, target_is_directory=True)
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET finished_at = now() - interval '30 days' WHERE id = %s", (job,))
+    assert remove_expired_checkpoints(db, settings) == 1
+    assert not (settings.checkpoints_dir / job).exists() and (precious / "keep.txt").is_file()

@@ -20,6 +20,7 @@ from tasks.training import run_training_job
 
 JOB = {"job_name": "faq", "base_model": "tiny-llama", "dataset_path": "demo-train.jsonl",
        "hyperparameters": {"max_steps": 4, "batch_size": 2, "max_seq_length": 64}}
+MB = 1024**2
 GOOD = '{"text": "A fine record."}\n'
 BAD = '{"text": 3}\n'
 
@@ -58,14 +59,17 @@ def _dataset(db, storage, owner_id: int, train: str, size_bytes: int | None = No
 
 
 def _completed_job(db, client, headers, storage, files: dict[str, bytes | int]) -> str:
-    """A job marked completed whose adapter directory holds `files` (an int: a sparse file of that size)."""
+    """A job marked completed whose adapter directory holds `files` (an int: incompressible bytes, whole MB)."""
     job = _submit(client, headers).get_json()
     adapter = storage["outputs"] / job["id"]
     adapter.mkdir()
     for name, content in files.items():
         if isinstance(content, int):
+            # Random megabytes repeated: deflate finds no match beyond 32 KiB, so nothing compresses it away.
+            block = os.urandom(MB)
             with open(adapter / name, "wb") as handle:
-                handle.truncate(content)
+                for _ in range(content // MB):
+                    handle.write(block)
         else:
             (adapter / name).write_bytes(content)
     with db.transaction() as cur:
@@ -138,16 +142,26 @@ def test_bad_records_within_the_sample_are_still_refused_at_once(client, trainer
     assert "line 2" in _error(response)["details"]["fields"]["dataset_path"][0]
 
 
-def test_a_line_longer_than_the_sample_is_left_to_the_worker(tmp_path):
+def test_the_sample_reads_a_bounded_part_of_the_file(tmp_path):
     from trainers.record_format import SAMPLE_BYTES, sample_problems
 
-    path = tmp_path / "long.jsonl"
-    path.write_text(json.dumps({"text": "x" * (SAMPLE_BYTES + 10)}) + "\n" + BAD)
-    assert sample_problems(path, 1000) == []
-    path.write_text(GOOD + json.dumps({"text": "x" * (SAMPLE_BYTES + 10)}) + "\n" + BAD)
-    assert sample_problems(path, 1000) == []
-    path.write_text(BAD + json.dumps({"text": "x" * (SAMPLE_BYTES + 10)}))
-    assert sample_problems(path, 1000) == ["line 1: field 'text' must be a string"]
+    path = tmp_path / "sample.jsonl"
+    # A record past max_record_bytes is refused after reading only that much of it.
+    path.write_text(GOOD + json.dumps({"text": "x" * 5000}) + "\n" + BAD)
+    assert sample_problems(path, 1000, 1000) == ["line 2: record is larger than 1000 bytes (max_record_bytes)"]
+    # Lines that start past SAMPLE_BYTES are left to the worker, whatever the record count allows.
+    path.write_text(GOOD * (SAMPLE_BYTES // len(GOOD) + 1) + BAD)
+    assert sample_problems(path, 10**9, 1000) == []
+    path.write_text(GOOD * 3 + BAD)
+    assert sample_problems(path, 10**9, 1000) == ["line 4: field 'text' must be a string"]
+
+
+@pytest.mark.parametrize("limits", [{"max_record_bytes": 1000}])
+def test_a_huge_record_is_refused_at_submission_naming_the_field(client, trainer, storage):
+    (storage["data"] / "huge.jsonl").write_text(json.dumps({"text": "a" * 100_000}) + "\n")
+    response = _submit(client, trainer, dataset_path="huge.jsonl")
+    assert response.status_code == 422
+    assert "line 1: record is larger than 1000 bytes" in _error(response)["details"]["fields"]["dataset_path"][0]
 
 
 @pytest.mark.parametrize("limits", [{"max_dataset_bytes": 100}])
@@ -174,7 +188,8 @@ def test_a_completed_job_records_its_adapter_bytes(client, trainer, db, settings
 
 # ---- adapter downloads ----
 
-LARGE = 200 * 1024**2
+# Larger than the bound below many times over; an archive built in memory would hold all of it.
+LARGE = 64 * MB
 
 
 def test_a_large_adapter_streams_in_bounded_memory_as_a_valid_tarball(client, trainer, db, storage, tmp_path):
@@ -267,3 +282,19 @@ def test_adapter_bytes_are_counted_from_regular_files_only(tmp_path: Path):
     (tmp_path / "link").symlink_to(tmp_path / "a")
     assert directory_bytes(tmp_path) == 15
     assert directory_bytes(tmp_path / "missing") == 0
+
+
+@pytest.mark.parametrize("overrides,problem", [
+    ({"checkpoint_retention_hours": 0}, "CLARA_CHECKPOINT_RETENTION_HOURS must be positive"),
+    ({"storage_quota_bytes_per_user": 0}, "CLARA_STORAGE_QUOTA_BYTES_PER_USER must be positive"),
+    ({"max_downloads_per_user": 0}, "CLARA_MAX_DOWNLOADS_PER_USER must be positive"),
+    ({"max_plot_points": 0}, "CLARA_MAX_PLOT_POINTS must be positive"),
+    ({"submit_sample_records": 0}, "CLARA_SUBMIT_SAMPLE_RECORDS must be positive"),
+    ({"output_dir": "var/same", "checkpoints_dir": "var/same"}, "CLARA_CHECKPOINTS_DIR must differ from"),
+])
+def test_storage_settings_are_checked(overrides, problem):
+    from settings import SettingsError
+
+    with pytest.raises(SettingsError) as raised:
+        load(overrides, environ={})
+    assert any(found.startswith(problem) for found in raised.value.problems), raised.value.problems

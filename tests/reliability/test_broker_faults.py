@@ -168,7 +168,7 @@ def test_submit_while_the_broker_refuses_the_task_fails_the_job_instead_of_queue
     stack.start_api()
     admin = stack.login()
     client = redis.Redis.from_url(private_redis.url)
-    # Reads (the token blocklist) still work, the publish is refused: the enqueue path itself is tested.
+    # Redis still answers but refuses every write, so the publish is refused: the enqueue path itself is tested.
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", "1")
 
