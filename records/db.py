@@ -89,6 +89,7 @@ class Database:
                 # A forked child must never use the parent's sockets; drop them without closing.
                 self._pool = None
                 self.stats = PoolStats()
+                self._stats_lock = threading.Lock()  # a parent's thread may have held it at fork time.
             if self._pool is None:
                 try:
                     self._pool = psycopg2.pool.ThreadedConnectionPool(
