@@ -47,6 +47,9 @@ def _apply(job: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
             "metrics": {**job.get("metrics", {}), **metrics}}
 
 
+STREAM_REFUSALS = ("streams_busy", "too_many_streams")
+
+
 def stream_snapshots(client: Client, job_id: str, interval: float = 1.0) -> Iterator[dict[str, Any]]:
     """Yield the job as its event stream reports progress; fall back to polling if the server has no stream."""
     path = f"/api/training/jobs/{job_id}"
@@ -60,9 +63,10 @@ def stream_snapshots(client: Client, job_id: str, interval: float = 1.0) -> Iter
         try:
             response = client.request("GET", f"{path}/events/stream", stream=True, headers=headers)
         except ApiError as error:
-            # An older server has no streams; a busy one has none free. Polling serves both.
+            # An older server has no streams; a busy one has none free, or the user already holds as many
+            # as they may. Polling serves all three.
             no_stream = error.status == 404 and error.code != "job_not_found"
-            if not (no_stream or error.code == "streams_busy"):
+            if not (no_stream or error.code in STREAM_REFUSALS):
                 raise
             yield from poll_snapshots(client, job_id, interval)
             return

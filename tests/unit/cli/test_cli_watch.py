@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_parse_events_reads_ids_types_and_json_and_skips_keep_alives() -> None:
     from cli.watch import parse_events
@@ -24,3 +26,36 @@ def test_a_progress_event_moves_the_bar_without_a_request() -> None:
     assert moved["progress"] == {"step": 5, "total_steps": 10, "percent": 50.0}
     assert moved["metrics"] == {"train_loss": 6.1, "tokens_per_second": 900.0}
     assert job["progress"]["step"] == 1
+
+
+class _RefusingClient:
+    """A client whose API has the job but refuses its event stream with the given error code."""
+
+    def __init__(self, code: str, status: int) -> None:
+        self.code, self.status = code, status
+        self.polls = 0
+
+    def get(self, path: str) -> dict:
+        self.polls += 1
+        return {"id": "j", "status": "completed" if self.polls > 2 else "running", "is_terminal": self.polls > 2}
+
+    def request(self, method: str, path: str, **kwargs):
+        from cli.client import ApiError
+
+        raise ApiError(self.status, self.code, "refused")
+
+
+@pytest.mark.parametrize("code, status", [("streams_busy", 503), ("too_many_streams", 429)])
+def test_a_refused_stream_falls_back_to_polling(code: str, status: int) -> None:
+    from cli import watch
+
+    snapshots = list(watch.stream_snapshots(_RefusingClient(code, status), "j", interval=0))
+    assert snapshots[-1]["status"] == "completed"
+
+
+def test_other_stream_errors_are_raised() -> None:
+    from cli import watch
+    from cli.client import ApiError
+
+    with pytest.raises(ApiError):
+        list(watch.stream_snapshots(_RefusingClient("forbidden", 403), "j"))
