@@ -137,7 +137,7 @@ class Settings:
     dataset_time_limit: float = 6 * 3600
     """Longest a dataset build or upload job may run, in seconds; then it ends failed (time_limit)."""
     csv_escape_formulas: bool = True
-    """Prefix CSV export cells starting with =, +, - or @ with a single quote, so spreadsheets show them as text."""
+    """Prefix CSV export cells starting with =, +, -, @, tab or CR with a quote, so spreadsheets show them as text."""
     source_allowlist: tuple[str, ...] = ()
     """What builds may read, as postgres:<table>,chroma:<collection>,neo4j:<label>; empty: no restriction."""
     flower_basic_auth: str = ""
@@ -145,7 +145,7 @@ class Settings:
     max_active_jobs_per_user: int = 10
     """Training jobs one user (admins too) may have pending, queued or running; more answer 409 quota_exceeded."""
     max_active_datasets_per_user: int = 5
-    """Dataset builds one user (admins too) may have pending, queued or running; more answer 409 quota_exceeded."""
+    """Dataset builds and uploads one user (admins too) may have pending, queued or running; more answer 409."""
     storage_quota_bytes_per_user: int = 200 * 2**30
     """Bytes one user's datasets, uploads and adapters may take; at or over it new ones answer 409 quota_exceeded."""
     max_downloads_per_user: int = 2

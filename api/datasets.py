@@ -114,12 +114,13 @@ def spec_error(problems: list[str]) -> ApiError:
                   example=field_error("sources[0].type", "must be one of postgres, chroma, neo4j, upload"))
 def create(body: dict) -> dict:
     """Build a dataset; a CPU worker runs the build, and the dataset is answered at once."""
-    from dataset_builder.build import BuildSpecError, parse_spec
+    from dataset_builder.build_spec import BuildSpecError, parse_spec
     from tasks.datasets import source_context
 
     require_storage(_db(), _settings(), current_user["id"])
     try:
-        parse_spec(body, source_context(_db(), _settings()))
+        # The stores are asked in the worker, before it builds: their client libraries stay out of the API.
+        parse_spec(body, source_context(_db(), _settings()), reach_stores=False)
     except BuildSpecError as exc:
         raise spec_error(exc.problems) from None
     try:
@@ -324,7 +325,7 @@ def upload(form: dict, files: dict) -> dict:
             audit_entry=_entry("dataset.upload", name=name, filename=filename))
     except jobs.QuotaExceeded as exc:
         incoming.unlink(missing_ok=True)
-        raise quota_error("dataset builds", "max_active_datasets_per_user", exc) from None
+        raise quota_error("datasets", "max_active_datasets_per_user", exc) from None
     except BaseException:
         incoming.unlink(missing_ok=True)
         raise

@@ -31,8 +31,8 @@ from api.schemas import (
     JobListSchema,
     JobSchema,
 )
-from auth.tokens import roles_required
-from records import audit, checkpoints, datasets, jobs
+from auth.tokens import access_required, roles_required
+from records import audit, checkpoints, datasets, jobs, storage
 from settings import Settings
 from trainers.continuous import adapter_settings
 from trainers.record_format import sample_problems
@@ -228,7 +228,7 @@ def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:
 
 
 @blp.route("", methods=["GET"])
-@jwt_required()
+@access_required
 @blp.arguments(JobListQuerySchema, location="query", unknown=ma.RAISE)
 @blp.response(200, JobListSchema)
 @blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid, or after names no job.",
@@ -244,7 +244,7 @@ def index(query: dict) -> dict:
 
 
 @blp.route("/<uuid:job_id>", methods=["GET"])
-@jwt_required()
+@access_required
 @blp.response(200, JobSchema)
 def show(job_id: uuid.UUID) -> dict:
     """One job: status, progress, metrics, error."""
@@ -342,6 +342,37 @@ def adapter(job_id: uuid.UUID) -> Response:
     # The server closes the response once it is sent or the client went away; either frees the slot.
     response.call_on_close(slot.release)
     return response
+
+
+@blp.route("/<uuid:job_id>/adapter", methods=["DELETE"])
+@roles_required("admin", "trainer")
+@blp.response(204)
+@blp.alt_response(403, **TRAINERS_ONLY)
+@blp.alt_response(409, schema=ErrorSchema, description="adapter_not_ready: the job has no adapter (it has not "
+                  "completed, or its adapter was deleted); adapter_in_use: a continuous job that has not ended "
+                  "trains on it.", example=error_example(
+                      "adapter_in_use", f"A continuous job that has not ended trains on the adapter of job {JOB_ID}; "
+                                        "cancel it or wait."))
+def delete_adapter(job_id: uuid.UUID) -> None:
+    """Delete a completed job's adapter and checkpoints to free storage; the job's record, events and metrics stay."""
+    owner = current_user["id"] if current_user["role"] != "admin" else None
+    try:
+        path = storage.delete_adapter(_db(), job_id, owner, audit_entry=_entry("training_job.adapter_delete", job_id))
+    except jobs.JobNotFound:
+        raise ApiError(404, f"No training job {job_id}.", "job_not_found") from None
+    except storage.AdapterNotDeletable as exc:
+        raise ApiError(409, f"Job {job_id} has no adapter to delete: its status is {exc}, or its adapter was "
+                            "deleted already.", "adapter_not_ready") from None
+    except storage.AdapterInUse as exc:
+        raise ApiError(409, f"Continuous job {exc} has not ended and trains on the adapter of job {job_id}; "
+                            "cancel it or wait.", "adapter_in_use") from None
+    settings = _settings()
+    # The record no longer names these files; each goes only when it lies inside Clara's own directory for it.
+    for directory, root in ((Path(path), settings.output_dir),
+                            (settings.checkpoints_dir / str(job_id), settings.checkpoints_dir)):
+        if directory.resolve().is_relative_to(root):
+            storage.remove_tree(directory)
+    logger.info("User %s deleted the adapter of training job %s.", current_user["username"], job_id)
 
 
 # Files are read, archived and compressed this much at a time, so a download holds no whole file in memory.

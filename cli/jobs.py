@@ -175,6 +175,15 @@ def cancel(client: Client, job_id: uuid.UUID, as_json: bool) -> None:
         click.echo(f"Asked job {job_id} to stop; it ends at its next step (status {job['status']}).")
 
 
+@jobs.command("delete-adapter")
+@job_id_argument
+@pass_client
+def delete_adapter(client: Client, job_id: uuid.UUID) -> None:
+    """Delete a completed job's adapter and checkpoints to free storage; the job's record stays."""
+    client.request("DELETE", f"{JOBS}/{job_id}/adapter")
+    click.echo(f"Deleted the adapter of job {job_id}.")
+
+
 def download_options(function):
     """--output and --force, shared by the download commands."""
     function = click.option("--force", is_flag=True, help="Replace an existing file.")(function)

@@ -9,45 +9,26 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dataset_builder import BUILDER_VERSION
+from dataset_builder.build_spec import EXPORT_FORMATS, BuildSpec, BuildSpecError, parse_spec
 from dataset_builder.export import DatasetWriter
-from dataset_builder.formatting import FormatCounts, FormatSpec, format_document, token_estimate
-from dataset_builder.quality.pipeline import QualityConfig, QualityPipeline
-from dataset_builder.sources import SourceContext, read_source, source_problems
-from dataset_builder.split import SplitSpec, assign_split
+from dataset_builder.formatting import FormatCounts, format_document, token_estimate
+from dataset_builder.quality.pipeline import QualityPipeline
+from dataset_builder.sources import SourceContext, read_source
+from dataset_builder.split import assign_split
+
+# The request's parts are checked in build_spec; these names are re-exported for the callers that build.
+__all__ = ["EXPORT_FORMATS", "MANIFEST_FILE", "BuildLimits", "BuildResult", "BuildSpec", "BuildSpecError",
+           "build_dataset", "parse_spec"]
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("jsonl", "parquet", "csv")
 MANIFEST_FILE = "manifest.json"
-KNOWN_KEYS = {"name", "description", "sources", "quality", "format", "split", "export_formats"}
-MAX_SOURCES = 20
-
-
-class BuildSpecError(ValueError):
-    """A build request is invalid; `problems` lists every reason."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
-
-
-@dataclass
-class BuildSpec:
-    """A validated build request."""
-
-    name: str
-    description: str
-    sources: list[dict[str, Any]]
-    quality: QualityConfig
-    format: FormatSpec
-    split: SplitSpec
-    export_formats: list[str] = field(default_factory=lambda: list(EXPORT_FORMATS))
 
 
 @dataclass
@@ -56,55 +37,6 @@ class BuildResult:
 
     status: str
     manifest: dict[str, Any] | None
-
-
-def parse_spec(data: Mapping[str, Any], context: SourceContext) -> BuildSpec:
-    """Check a whole build request, sources included, and raise one BuildSpecError listing every problem."""
-    problems = [f"{key}: unknown field" for key in data if key not in KNOWN_KEYS]
-    if not isinstance(data.get("name"), str) or not data.get("name", "").strip():
-        problems.append("name: must be a non-empty string")
-    sources = data.get("sources")
-    if not isinstance(sources, list) or not sources:
-        problems.append("sources: must be a non-empty list")
-        sources = []
-    elif len(sources) > MAX_SOURCES:
-        problems.append(f"sources: at most {MAX_SOURCES} sources")
-    for index, source in enumerate(sources):
-        if not isinstance(source, Mapping):
-            problems.append(f"sources[{index}]: must be an object")
-            continue
-        problems.extend(source_problems(source, context, index))
-    source_types = [s.get("type") for s in sources if isinstance(s, Mapping)]
-    quality = _part(QualityConfig, data.get("quality", {}), "quality", problems)
-    fmt = _part(FormatSpec, data.get("format", {"kind": "text"}), "format", problems, sources=source_types)
-    split = _part(SplitSpec, data.get("split", {}), "split", problems)
-    formats = data.get("export_formats", list(EXPORT_FORMATS))
-    if not isinstance(formats, list) or not formats or any(f not in EXPORT_FORMATS for f in formats):
-        problems.append(f"export_formats: must be a non-empty list of {', '.join(EXPORT_FORMATS)}")
-    elif "jsonl" not in formats:
-        # Training jobs and previews read the JSONL files.
-        problems.append("export_formats: must include jsonl")
-    if problems:
-        raise BuildSpecError(problems)
-    return BuildSpec(name=data["name"].strip(), description=str(data.get("description", "")),
-                     sources=[dict(s) for s in sources], quality=quality, format=fmt, split=split,
-                     export_formats=list(dict.fromkeys(formats)))
-
-
-def _part(kind: Any, data: Any, name: str, problems: list[str], **context: Any) -> Any:
-    """Parse one part of the request, adding its problems under its name."""
-    if not isinstance(data, Mapping):
-        problems.append(f"{name}: must be an object")
-        return None
-    try:
-        part = kind.from_dict(data)
-    except ValueError as exc:
-        found = getattr(exc, "problems", None) or [str(exc)]
-        problems.extend(p if p.startswith(f"{name}.") or p.startswith(f"{name}:") else f"{name}.{p}" for p in found)
-        return None
-    for problem in part.problems(**context):
-        problems.append(problem if problem.startswith(name) else f"{name}.{problem}")
-    return part
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from records.db import Database
+from records.db import Database, execute_prepared
 
 logger = logging.getLogger(__name__)
 
@@ -15,18 +15,19 @@ USER_COLUMNS = "id, username, role, disabled, created_at, token_version"
 _TOKEN_STATE = (
     "SELECT u.id, u.username, u.role, u.disabled, u.created_at, u.token_version,"
     " s.sid IS NOT NULL AND s.revoked_at IS NULL AS session_live"
-    " FROM users u LEFT JOIN auth_sessions s ON s.sid = %s AND s.user_id = u.id"
-    " WHERE u.id = %s"
+    " FROM users u LEFT JOIN auth_sessions s ON s.sid = $1 AND s.user_id = u.id"
+    " WHERE u.id = $2"
 )
 
 
 def token_state(db: Database, user_id: int, sid: str | None) -> dict[str, Any] | None:
     """The user with its token_version and whether the session sid is live, or None when no user has this id."""
-    # One statement on an autocommit connection: no BEGIN and COMMIT round trips on the hottest path.
+    # One prepared statement on an autocommit connection: no BEGIN and COMMIT round trips, and PostgreSQL
+    # parses and plans it once per connection rather than on every request.
     with db.read() as cur:
-        cur.execute(_TOKEN_STATE, (sid, user_id))
+        execute_prepared(cur, _TOKEN_STATE, (sid, user_id))
         row = cur.fetchone()
-    return dict(row) if row else None
+    return row
 
 
 def start(db: Database, sid: str, user_id: int, refresh_jti: str, expires_at: datetime) -> None:

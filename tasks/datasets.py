@@ -17,6 +17,8 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 import structured_logs
+from dataset_builder.sources import SourceContext, context_from_settings
+from dataset_builder.sources.upload_spec import UPLOAD_RECORDS_FILE
 from records import attempts
 from records.datasets import storage_of
 from records.db import Database, DatabaseUnavailable
@@ -25,17 +27,20 @@ from settings import Settings
 from tasks import worker_metrics
 from tasks.delivery import progress_publisher, worker_name
 from tasks.leases import LeaseKeeper
-from tasks.training import LEASE_GRACE_SECONDS, database
+
+# The API imports this module for source_context: it imports tasks.training (torch, through trainers)
+# only inside the task, which runs in a worker.
 
 logger = logging.getLogger(__name__)
 
-UPLOAD_RECORDS_FILE = "records.parquet"
 CANCEL_CHECK_SECONDS = 1.0
 
 
 @shared_task(bind=True, name="clara.build_dataset", max_retries=None)
 def build_dataset_job(self, dataset_id: str) -> dict[str, Any]:
     """Build the dataset with this id; its row, not this task's result, is the record."""
+    from tasks.training import database
+
     settings: Settings = self.app.clara_settings
     with structured_logs.about_job(dataset_id):
         summary = run_dataset_job(database(settings), settings, uuid.UUID(dataset_id), worker=worker_name(self),
@@ -45,10 +50,8 @@ def build_dataset_job(self, dataset_id: str) -> dict[str, Any]:
     return summary
 
 
-def source_context(db: Database, settings: Settings):
+def source_context(db: Database, settings: Settings) -> SourceContext:
     """The sources' view of the settings, with uploads resolved through their dataset rows."""
-    from dataset_builder.sources import context_from_settings
-
     def upload_path(dataset_id: str) -> Path:
         storage = storage_of(db, uuid.UUID(dataset_id))
         if storage is None:
@@ -62,6 +65,7 @@ def run_dataset_job(db: Database, settings: Settings, dataset_id: uuid.UUID, *, 
                     publish=None) -> dict[str, Any]:
     """Claim the dataset job, build or store it, and record how it ended."""
     from dataset_builder.upload_dataset import incoming_path
+    from tasks.training import LEASE_GRACE_SECONDS
 
     attempt_id = uuid.uuid4().hex
     claim = attempts.claim(db, dataset_id, attempt_id=attempt_id, worker=worker, kind=DATASETS,

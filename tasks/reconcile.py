@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +20,7 @@ import redis
 from celery import Celery
 from kombu.transport.redis import Channel
 
-from records import checkpoints
+from records import checkpoints, storage
 from records import reconcile as queries
 from records.db import Database, DatabaseUnavailable
 from records.jobs import DATASETS, TRAINING, JobTable
@@ -126,7 +125,7 @@ def remove_expired_checkpoints(db: Database, settings: Settings) -> int:
                 logger.error("Not removing checkpoints of job %s: %s is its adapter.", job["id"], directory)
                 continue
             try:
-                _remove_tree(directory)
+                storage.remove_tree(directory)
             except OSError as exc:
                 logger.warning("Could not remove the checkpoints of job %s; the next pass tries again: %s",
                                job["id"], exc)
@@ -136,14 +135,6 @@ def remove_expired_checkpoints(db: Database, settings: Settings) -> int:
     if removed:
         logger.info("Removed the checkpoints of %s ended jobs past their retention.", removed)
     return removed
-
-
-def _remove_tree(directory: Path) -> None:
-    """Delete a directory tree; a symlink in its place is unlinked, never followed."""
-    if directory.is_symlink():
-        directory.unlink()
-    elif directory.exists():
-        shutil.rmtree(directory)
 
 
 class Reconciler:

@@ -19,22 +19,26 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import TYPE_CHECKING
 
-from lingua import Language, LanguageDetector, LanguageDetectorBuilder
+if TYPE_CHECKING:
+    from lingua import Language, LanguageDetector
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_LANGUAGES: dict[str, Language] = {
-    "de": Language.GERMAN,
-    "en": Language.ENGLISH,
-    "es": Language.SPANISH,
-    "fr": Language.FRENCH,
-    "it": Language.ITALIAN,
-    "nl": Language.DUTCH,
-    "pl": Language.POLISH,
-    "tr": Language.TURKISH,
+SUPPORTED_LANGUAGES: dict[str, str] = {
+    "de": "GERMAN",
+    "en": "ENGLISH",
+    "es": "SPANISH",
+    "fr": "FRENCH",
+    "it": "ITALIAN",
+    "nl": "DUTCH",
+    "pl": "POLISH",
+    "tr": "TURKISH",
 }
-"""ISO 639-1 code -> lingua language: the candidates every text is judged against."""
+"""ISO 639-1 code -> name of the lingua Language: the candidates every text is judged against."""
+# Names, not lingua's enum: a build request is checked against these codes in the API, which must not
+# load lingua (and its models) just to check a request.
 # Each candidate costs time on every text: four more (Portuguese, Russian, Ukrainian, Arabic) made
 # detection 25-35% slower.
 
@@ -43,13 +47,16 @@ SHORT_TEXT_CHARS = 120
 PREFIX_CHARS = 150
 """Characters of a longer text the detector sees (up to the next space)."""
 
-_CODES = {language: code for code, language in SUPPORTED_LANGUAGES.items()}
+_CODES = {name: code for code, name in SUPPORTED_LANGUAGES.items()}
 
 
 @functools.cache
 def _detector(low_accuracy: bool) -> LanguageDetector:
+    from lingua import Language, LanguageDetectorBuilder
+
     logger.info("Building the language detector for %s.", ", ".join(sorted(SUPPORTED_LANGUAGES)))
-    builder = LanguageDetectorBuilder.from_languages(*SUPPORTED_LANGUAGES.values())
+    candidates = [getattr(Language, name) for name in SUPPORTED_LANGUAGES.values()]
+    builder = LanguageDetectorBuilder.from_languages(*candidates)
     if low_accuracy:
         builder = builder.with_low_accuracy_mode()
     return builder.build()
@@ -94,7 +101,7 @@ class LanguageFilter:
             prefixes = [_prefix(texts[index], self.prefix_chars) for index in long]
             for index, language in zip(long, _detect(prefixes, low_accuracy=True), strict=True):
                 detected[index] = language
-        return [None if language is None else _CODES[language] for language in detected]
+        return [None if language is None else _CODES[language.name] for language in detected]
 
     def keep(self, texts: list[str]) -> list[bool]:
         """For each text, whether it is in one of the wanted languages; undetectable texts are dropped."""

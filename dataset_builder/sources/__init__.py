@@ -2,23 +2,29 @@
 
 Every source type checks its request spec (`source_problems`) and reads its documents in batches
 (`read_source`); where the stores are comes from settings (`SourceContext`), never from a request.
+
+A request is checked in two steps. `request_problems` looks at the spec alone, with the light
+`*_spec` modules: the API checks every build request this way and never loads a store's client
+library (chromadb, neo4j, psycopg, pyarrow). `source_problems` adds what only the store can tell
+(does the Chroma collection exist?); a worker checks that before a build, in the module that reads.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from dataset_builder.documents import Document
-from dataset_builder.sources import chroma, neo4j_source, postgres, upload_source
+from dataset_builder.sources import chroma_spec, neo4j_spec, postgres_spec, upload_spec
 from dataset_builder.sources.context import DocumentTable, SourceContext, SourceError
 from dataset_builder.sources.neo4j_cypher import DEFAULT_LABEL, NodeFields
-from dataset_builder.sources.postgres import ensure_documents_table
-from dataset_builder.sources.uploads import stored_upload_path
+from dataset_builder.sources.upload_spec import stored_upload_path
 
 __all__ = [
     "SOURCE_TYPES",
@@ -30,6 +36,7 @@ __all__ = [
     "context_from_settings",
     "ensure_documents_table",
     "read_source",
+    "request_problems",
     "source_problems",
 ]
 
@@ -41,36 +48,52 @@ class SourceType:
     """How one type of source checks its spec and reads its documents."""
 
     problems: Callable[[Mapping[str, Any], SourceContext, str], list[str]]
-    """(spec, context, prefix) -> problems, each starting with the prefix."""
-    read: Callable[[Mapping[str, Any], SourceContext], Iterator[list[Document]]]
-    """(valid spec, context) -> batches of documents."""
+    """(spec, context, prefix) -> problems the spec shows without its store, each starting with the prefix."""
+    reader: str
+    """The module that reaches the store: read(valid spec, context) yields batches of documents, and an
+    optional store_problems(spec, context, prefix) checks what only the store can tell. It is imported
+    on first use, so that checking a request loads no store's client library."""
+
+    def module(self) -> ModuleType:
+        """The reading module, imported now if it was not yet."""
+        return importlib.import_module(self.reader)
 
 
 SOURCE_TYPES: dict[str, SourceType] = {
-    "postgres": SourceType(postgres.spec_problems, postgres.read),
-    "chroma": SourceType(chroma.spec_problems, chroma.read),
-    "neo4j": SourceType(neo4j_source.spec_problems, neo4j_source.read),
-    "upload": SourceType(upload_source.spec_problems, upload_source.read),
+    "postgres": SourceType(postgres_spec.spec_problems, "dataset_builder.sources.postgres"),
+    "chroma": SourceType(chroma_spec.spec_problems, "dataset_builder.sources.chroma"),
+    "neo4j": SourceType(neo4j_spec.spec_problems, "dataset_builder.sources.neo4j_source"),
+    "upload": SourceType(upload_spec.spec_problems, "dataset_builder.sources.upload_source"),
 }
 
 
+def request_problems(spec: Mapping[str, Any], context: SourceContext, index: int) -> list[str]:
+    """Return every problem the request's sources[index] shows without reaching its store."""
+    return _problems(spec, context, f"sources[{index}]", reach_store=False)
+
+
 def source_problems(spec: Mapping[str, Any], context: SourceContext, index: int) -> list[str]:
-    """Return every problem with the request's sources[index], each prefixed "sources[index]"."""
-    return _problems(spec, context, f"sources[{index}]")
+    """Return every problem with the request's sources[index], its store asked too, each prefixed "sources[index]"."""
+    return _problems(spec, context, f"sources[{index}]", reach_store=True)
 
 
 def read_source(spec: Mapping[str, Any], context: SourceContext) -> Iterator[list[Document]]:
     """Return the batches of one source's documents, at most context.batch_size each; SourceError if invalid."""
     # Checked here, not on the first batch, so a bad spec fails before a build starts writing.
-    problems = _problems(spec, context, "source")
+    problems = _problems(spec, context, "source", reach_store=True)
     if problems:
         raise SourceError("; ".join(problems))
     logger.info("Reading a %s source", spec["type"])
-    return SOURCE_TYPES[spec["type"]].read(spec, context)
+    return SOURCE_TYPES[spec["type"]].module().read(spec, context)
 
 
-def _problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:
-    """Check the spec is an object of a known type, then let that type check the rest."""
+def ensure_documents_table(url: str, table: DocumentTable = DocumentTable()) -> None:
+    """Create the documents table and its text-search index if missing (see postgres.ensure_documents_table)."""
+    SOURCE_TYPES["postgres"].module().ensure_documents_table(url, table)
+
+
+def _problems(spec: Mapping[str, Any], context: SourceContext, prefix: str, *, reach_store: bool) -> list[str]:
+    """Check the spec is an object of a known type, then let that type check the rest, its store too if asked."""
     if not isinstance(spec, Mapping):
         return [f"{prefix}: must be an object"]
     name = spec.get("type")
@@ -78,7 +101,11 @@ def _problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> l
     if source_type is None:
         return [f"{prefix}.type: must be one of {', '.join(SOURCE_TYPES)}"]
     # A source the deployment does not allow is refused before its store is even asked about it.
-    return allowlist_problems(spec, context, prefix) or source_type.problems(spec, context, prefix)
+    problems = allowlist_problems(spec, context, prefix) or source_type.problems(spec, context, prefix)
+    if problems or not reach_store:
+        return problems
+    store_problems = getattr(source_type.module(), "store_problems", None)
+    return store_problems(spec, context, prefix) if store_problems is not None else []
 
 
 def allowlist_problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:

@@ -20,22 +20,14 @@ from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import ChromaError, NotFoundError
 
 from dataset_builder.documents import Document
+from dataset_builder.sources.chroma_spec import DEFAULT_TOP_K, chroma_where, spec_problems
 from dataset_builder.sources.context import SourceContext, SourceError
 from dataset_builder.sources.embeddings import FUNCTION_NAME, embedding_function, is_compatible
-from dataset_builder.sources.spec import (
-    MAX_LIMIT,
-    integer_problems,
-    object_problems,
-    text_problems,
-    unknown_field_problems,
-)
+
+__all__ = ["chroma_client", "chroma_where", "open_collection", "read", "spec_problems", "store_problems"]
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("collection", "query_text", "top_k", "where")
-DEFAULT_TOP_K = 1_000
-MAX_QUERY_TOP_K = 10_000
-"""A query returns its results in one response, so it is held smaller than a paged get."""
 INCLUDE = ["documents", "metadatas"]
 
 
@@ -61,33 +53,14 @@ def open_collection(client: ClientAPI, name: str) -> Collection:
     return collection
 
 
-def chroma_where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Chroma's where clause for a filter; several plain keys mean all of them, as in the postgres source."""
-    if not where:
-        return None
-    clauses = [{key: value} for key, value in where.items()]
-    if len(clauses) > 1 and not any(key.startswith("$") for key in where):
-        return {"$and": clauses}
-    return dict(where)
-
-
-def spec_problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:
-    """Return every problem with a chroma source spec; the collection must exist."""
-    problems = unknown_field_problems(spec, FIELDS, prefix)
-    problems += text_problems(spec, "collection", prefix, required=True, max_length=512)
-    problems += text_problems(spec, "query_text", prefix)
-    high = MAX_QUERY_TOP_K if "query_text" in spec else MAX_LIMIT
-    problems += integer_problems(spec, "top_k", 1, high, prefix)
-    where_problems = object_problems(spec, "where", prefix)
-    if not where_problems and spec.get("where"):
+def store_problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:
+    """Problems of a spec that passed spec_problems that only Chroma sees: its where clause, the collection."""
+    if spec.get("where"):
         try:
             validate_where(chroma_where(spec["where"]))
         except ValueError as error:
-            where_problems.append(f"{prefix}.where: {error}")
-    problems += where_problems
-    if not problems:
-        problems += _collection_problems(spec, context, prefix)
-    return problems
+            return [f"{prefix}.where: {error}"]
+    return _collection_problems(spec, context, prefix)
 
 
 def _collection_problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:

@@ -21,42 +21,17 @@ from psycopg import sql
 
 from dataset_builder.documents import Document
 from dataset_builder.sources.context import DocumentTable, SourceContext, SourceError
-from dataset_builder.sources.spec import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    integer_problems,
-    object_problems,
-    range_problems,
-    text_problems,
-    unknown_field_problems,
-)
+from dataset_builder.sources.postgres_spec import DEFAULT_LANGUAGE, LANGUAGES, spec_problems
+from dataset_builder.sources.spec import DEFAULT_LIMIT
 
 __all__ = ["DocumentTable", "LANGUAGES", "build_query", "ensure_documents_table", "read", "spec_problems"]
 
 logger = logging.getLogger(__name__)
 
-LANGUAGES = {"german": "german", "english": "english"}
-"""Request language -> PostgreSQL text-search configuration; the only configurations ever used."""
-DEFAULT_LANGUAGE = "german"
-FIELDS = ("query", "language", "metadata", "created_after", "created_before", "limit")
 JSON_TYPES = (114, 3802)
 """The type oids of json and jsonb: the server has checked their values, so they are valid JSON text."""
 COLUMN_TYPES = ["text"] * 5
 """The query casts every column to text, so the binary COPY rows decode with one loader whatever the table."""
-
-
-def spec_problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:
-    """Return every problem with a postgres source spec."""
-    problems = unknown_field_problems(spec, FIELDS, prefix)
-    problems += text_problems(spec, "query", prefix)
-    if "language" in spec and spec["language"] not in LANGUAGES:
-        problems.append(f"{prefix}.language: must be one of {', '.join(LANGUAGES)}")
-    problems += object_problems(spec, "metadata", prefix)
-    problems += range_problems(spec, "created_after", "created_before", prefix)
-    problems += integer_problems(spec, "limit", 1, MAX_LIMIT, prefix)
-    if not context.source_database_url:
-        problems.append(f"{prefix}: postgres is not configured (set CLARA_SOURCE_DATABASE_URL)")
-    return problems
 
 
 def _text_vector(table: DocumentTable, config: sql.Composable) -> sql.Composed:

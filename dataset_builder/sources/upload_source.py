@@ -11,27 +11,13 @@ import pyarrow.parquet as pq
 
 from dataset_builder.documents import Document
 from dataset_builder.sources.context import SourceContext, SourceError
-from dataset_builder.sources.spec import text_problems, unknown_field_problems
+from dataset_builder.sources.upload_spec import spec_problems
+
+__all__ = ["INSTRUCTION_FIELDS", "read", "spec_problems", "upload_document"]
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("dataset_id",)
 INSTRUCTION_FIELDS = ("instruction", "input", "output")
-
-
-def spec_problems(spec: Mapping[str, Any], context: SourceContext, prefix: str) -> list[str]:
-    """Return every problem with an upload source spec; the dataset must have been stored."""
-    problems = unknown_field_problems(spec, FIELDS, prefix)
-    problems += text_problems(spec, "dataset_id", prefix, required=True, max_length=200)
-    if problems:
-        return problems
-    try:
-        path = context.upload_path(spec["dataset_id"])
-    except ValueError as error:
-        return [f"{prefix}.dataset_id: {error}"]
-    if not path.is_file():
-        return [f"{prefix}.dataset_id: no uploaded dataset {spec['dataset_id']!r}"]
-    return []
 
 
 def read(spec: Mapping[str, Any], context: SourceContext) -> Iterator[list[Document]]:

@@ -18,7 +18,6 @@ import csv
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+# Re-exported: where stored records live was defined here before the request checks needed it without Arrow.
+from dataset_builder.sources.upload_spec import UPLOAD_RECORDS_FILE as UPLOAD_RECORDS_FILE
+from dataset_builder.sources.upload_spec import stored_upload_path as stored_upload_path
 from trainers.record_format import record_problems
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,6 @@ SCHEMA = pa.schema([
     ("messages", pa.list_(MESSAGE)),
 ])
 ROWS_PER_WRITE = 1_000
-UPLOAD_RECORDS_FILE = "records.parquet"
-DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 DEFAULT_MAX_RECORD_BYTES = 1024**2
 DEFAULT_MAX_DECOMPRESSED_BYTES = 2 * 1024**3
@@ -99,13 +99,6 @@ class UploadError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
-
-
-def stored_upload_path(datasets_dir: Path, dataset_id: str) -> Path:
-    """Where an uploaded dataset's records are stored: <datasets_dir>/<id>/records.parquet; ids are never paths."""
-    if not isinstance(dataset_id, str) or not DATASET_ID.fullmatch(dataset_id):
-        raise ValueError(f"{dataset_id!r} is not a dataset id")
-    return Path(datasets_dir) / dataset_id / UPLOAD_RECORDS_FILE
 
 
 def validate_upload(path: Path, kind: Kind, max_problems: int = 50, limits: UploadLimits = UploadLimits()) -> list[str]:

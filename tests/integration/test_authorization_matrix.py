@@ -77,6 +77,9 @@ MATRIX: dict[tuple[str, str], tuple[str | None, Callable[[str], dict[str, Any]] 
         "job", None, {"admin": 200, "trainer": {"own": 200, "other": 404}, "analyst": 403}),
     ("GET", "/api/training/jobs/{job_id}/adapter"): (
         "job", None, {"admin": 409, "trainer": {"own": 409, "other": 404}, "analyst": 409}),
+    # A fresh job has no adapter to delete yet: past the authorisation check, 409.
+    ("DELETE", "/api/training/jobs/{job_id}/adapter"): (
+        "job", None, {"admin": 409, "trainer": {"own": 409, "other": 404}, "analyst": 403}),
     ("GET", "/api/training/jobs/{job_id}/metrics"): (
         "job", None, {"admin": 200, "trainer": {"own": 200, "other": 404}, "analyst": 200}),
     # A pending job has no loss to draw yet: 409 metrics_not_ready once the caller may see the job.

@@ -185,6 +185,22 @@ def test_preset_submits_and_the_job_can_be_listed_shown_and_cancelled(admin_cli)
     assert "already ended" in again.stderr
 
 
+def test_delete_adapter_frees_a_completed_jobs_adapter(admin_cli, db, storage):
+    job_id = _submit(admin_cli)
+    refused = admin_cli("jobs", "delete-adapter", job_id)
+    _fails_cleanly(refused)
+    assert "no adapter to delete" in refused.stderr
+    adapter = storage["outputs"] / job_id
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET status = 'completed', adapter_path = %s WHERE id = %s",
+                    (str(adapter), job_id))
+    deleted = admin_cli("jobs", "delete-adapter", job_id)
+    assert deleted.exit_code == 0 and f"Deleted the adapter of job {job_id}." in deleted.output
+    assert not adapter.exists()
+
+
 def test_events_are_listed_in_order(admin_cli):
     job_id = _submit(admin_cli)
     admin_cli("jobs", "cancel", job_id)

@@ -298,3 +298,47 @@ def test_storage_settings_are_checked(overrides, problem):
     with pytest.raises(SettingsError) as raised:
         load(overrides, environ={})
     assert any(found.startswith(problem) for found in raised.value.problems), raised.value.problems
+
+
+# ---- deleting an adapter frees its storage ----
+
+@pytest.mark.parametrize("limits", [{"storage_quota_bytes_per_user": 1000}])
+def test_deleting_an_adapter_frees_its_storage_and_keeps_the_record(client, trainer, db, storage):
+    job_id = _completed_job(db, client, trainer, storage, {"adapter_model.safetensors": b"w" * 1200})
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET adapter_bytes = 1200 WHERE id = %s", (job_id,))
+    checkpoint_dir = storage["checkpoints"] / job_id
+    checkpoint_dir.mkdir()
+    assert _submit(client, trainer).status_code == 409
+    response = client.delete(f"/api/training/jobs/{job_id}/adapter", headers=trainer)
+    assert response.status_code == 204
+    assert not (storage["outputs"] / job_id).exists() and not checkpoint_dir.exists()
+    assert usage_bytes(db, _me(client, trainer)) == 0
+    job = client.get(f"/api/training/jobs/{job_id}", headers=trainer).get_json()
+    assert job["status"] == "completed" and job["adapter_path"] is None
+    assert client.get(f"/api/training/jobs/{job_id}/adapter", headers=trainer).status_code == 409
+    again = client.delete(f"/api/training/jobs/{job_id}/adapter", headers=trainer)
+    assert again.status_code == 409 and _error(again)["code"] == "adapter_not_ready"
+    assert _submit(client, trainer).status_code == 202
+
+
+def test_an_adapter_a_continuous_job_trains_on_is_kept(client, trainer, db, storage):
+    job_id = _completed_job(db, client, trainer, storage, {"adapter_model.safetensors": b"w"})
+    child = _submit(client, trainer).get_json()
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET parent_job_id = %s, status = 'running' WHERE id = %s",
+                    (job_id, child["id"]))
+    response = client.delete(f"/api/training/jobs/{job_id}/adapter", headers=trainer)
+    assert response.status_code == 409 and _error(response)["code"] == "adapter_in_use"
+    assert (storage["outputs"] / job_id / "adapter_model.safetensors").is_file()
+
+
+def test_only_the_owner_or_an_admin_deletes_an_adapter(client, trainer, user_headers, admin, db, storage):
+    job_id = _completed_job(db, client, trainer, storage, {"adapter_model.safetensors": b"w"})
+    other = user_headers("trainer", "other-trainer")
+    assert client.delete(f"/api/training/jobs/{job_id}/adapter", headers=other).status_code == 404
+    assert client.delete(f"/api/training/jobs/{job_id}/adapter", headers=user_headers("analyst")).status_code == 403
+    assert (storage["outputs"] / job_id).is_dir()
+    assert client.delete(f"/api/training/jobs/{job_id}/adapter", headers=admin).status_code == 204
+    audit = client.get("/api/audit?action=training_job.adapter_delete", headers=admin).get_json()["data"]
+    assert [entry["object_id"] for entry in audit] == [job_id]

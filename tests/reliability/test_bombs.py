@@ -243,7 +243,7 @@ def test_dataset_name_with_a_newline_is_refused(bomb_stack, api_peak) -> None:
 def test_parquet_timestamp_out_of_range_is_refused(bomb_stack, api_peak) -> None:
     """A timestamp past year 9999 cannot become a Python datetime; it is a bad record, not a crash."""
     stack, headers, _ = bomb_stack
-    table = pa.table({"text": ["Ein Satz mit Zeitstempel."], "when": pa.array([2**62], pa.timestamp("ms"))})
+    table = pa.table({"id": pa.array([2**62], pa.timestamp("ms")), "text": ["Ein Satz mit Zeitstempel."]})
     code = _refused_or_failed(stack, headers, _upload(stack, headers, "time.parquet", _parquet(table)))
     assert code in ("invalid_records", "validation_error")
 
