@@ -36,6 +36,7 @@ from api.quotas import STORAGE_QUOTA_EXAMPLE, require_storage
 from api.schemas import EventListQuerySchema, EventListSchema
 from api.training import quota_error
 from auth.tokens import roles_required
+from dataset_builder.sources.upload_spec import incoming_path
 from records import audit, datasets, jobs
 from records.jobs import DATASETS
 
@@ -258,8 +259,6 @@ def cancel(dataset_id: uuid.UUID) -> dict:
                                                           f"{DATASET_ID}; cancel it or wait."))
 def delete(dataset_id: uuid.UUID) -> None:
     """Delete a dataset and its files; a build still running is cancelled."""
-    from dataset_builder.upload_dataset import incoming_path
-
     owner = _owner_scope(_load(dataset_id))
     try:
         row = datasets.mark_deleted(_db(), dataset_id, owner, audit_entry=_entry("dataset.delete", dataset_id))
@@ -298,8 +297,6 @@ def upload(form: dict, files: dict) -> dict:
     The answer is the queued dataset; poll GET /api/datasets/<id> as for builds. Bad records fail the
     dataset with code invalid_records, its message naming each by line or row and field.
     """
-    from dataset_builder.upload_dataset import incoming_path
-
     settings = _settings()
     require_storage(_db(), settings, current_user["id"])
     storage = files["file"]

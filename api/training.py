@@ -31,7 +31,7 @@ from api.schemas import (
     JobListSchema,
     JobSchema,
 )
-from auth.tokens import access_required, roles_required
+from auth.tokens import access_required, job_access_required, roles_required, visible_job
 from records import audit, checkpoints, datasets, jobs, storage
 from settings import Settings
 from trainers.continuous import adapter_settings
@@ -244,11 +244,15 @@ def index(query: dict) -> dict:
 
 
 @blp.route("/<uuid:job_id>", methods=["GET"])
-@access_required
+@job_access_required
 @blp.response(200, JobSchema)
 def show(job_id: uuid.UUID) -> dict:
     """One job: status, progress, metrics, error."""
-    return _load_visible(job_id)
+    # Read with the token check, in one query; None answers as _load_visible does.
+    job = visible_job()
+    if job is None:
+        raise ApiError(404, f"No training job {job_id}.", "job_not_found")
+    return job
 
 
 @blp.route("/<uuid:job_id>/events", methods=["GET"])

@@ -36,6 +36,9 @@ ALGORITHM = "HS256"
 _STATE = "_clara_token_state"
 _MISSING = object()
 _VERIFIED = "clara_verified_tokens"
+# A job view names its job here before the token check, which then fetches it in the same query.
+_WANTS_JOB = "_clara_wants_job"
+_JOB = "_clara_job"
 
 
 class RefreshReused(Exception):
@@ -62,8 +65,14 @@ def configure_jwt(app: Flask, settings: Settings) -> JWTManager:
 
     @jwt.token_in_blocklist_loader
     def _revoked(_header: dict, payload: dict) -> bool:
-        # flask-jwt-extended asks this before the user loader; one query answers both.
-        state = sessions.token_state(current_app.extensions["clara_db"], int(payload["sub"]), payload.get("sid"))
+        # flask-jwt-extended asks this before the user loader; one query answers both (and a job view's job).
+        db, user_id, sid = current_app.extensions["clara_db"], int(payload["sub"]), payload.get("sid")
+        job_id = g.pop(_WANTS_JOB, None)
+        if job_id is None:
+            state = sessions.token_state(db, user_id, sid)
+        else:
+            state, job = sessions.token_state_and_job(db, user_id, sid, job_id)
+            setattr(g, _JOB, job)
         setattr(g, _STATE, state)
         return state is not None and not token_is_current(state, payload)
 
@@ -145,7 +154,7 @@ def revoke_sessions(user_id: int, sids: list[str], reason: str) -> int:
     return sessions.revoke(current_app.extensions["clara_db"], user_id, sids, reason)
 
 
-def verify_access_token() -> None:
+def verify_access_token(job_id: uuid.UUID | None = None) -> None:
     """flask-jwt-extended's verify_jwt_in_request() for an access token in the Authorization header, decoded once.
 
     The library parses every token four times (unverified claims, unverified header, the verified decode, the
@@ -153,12 +162,15 @@ def verify_access_token() -> None:
     every check after that (token type, revocation and user state in one query, user lookup) and every error
     answer stay the library's own. A token PyJWT refuses goes through the library's decode, which raises the
     library's error for it (with the expired token's claims its expired-token answer needs).
+    With job_id, the token check's query also reads that job as its user may see it (see visible_job).
     """
     if request.method in jwt_config.exempt_methods:
         return
     encoded, _ = _decode_jwt_from_headers()
     header, payload = _decode_access(encoded)
     verify_token_type(payload, refresh=False)
+    if job_id is not None:
+        setattr(g, _WANTS_JOB, job_id)
     verify_token_not_blocklisted(header, payload)
     # Clara registers no claims verification callback (the library's default accepts every token).
     g._jwt_extended_jwt_user = _load_user(header, payload)
@@ -236,6 +248,25 @@ def access_required(view: Callable) -> Callable:
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def job_access_required(view: Callable) -> Callable:
+    """access_required for a view of the job `job_id` in its path, read in the token check's own query.
+
+    A status poll then costs one round trip to PostgreSQL; the view takes the job from visible_job().
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verify_access_token(job_id=kwargs["job_id"])
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def visible_job() -> dict[str, Any] | None:
+    """The job job_access_required read, as records.jobs.get_job returns it; None if the caller may not see it."""
+    return g.get(_JOB)
 
 
 def roles_required(*roles: str) -> Callable:

@@ -19,13 +19,9 @@ from dataset_builder.build import MANIFEST_FILE
 from dataset_builder.export import DatasetWriter
 from dataset_builder.formatting import record_kind, token_estimate
 from dataset_builder.sources.upload_source import upload_document
-from dataset_builder.sources.uploads import (
-    UPLOAD_RECORDS_FILE,
-    UploadError,
-    UploadLimits,
-    UploadStopped,
-    store_upload,
-)
+from dataset_builder.sources.upload_spec import UPLOAD_RECORDS_FILE
+from dataset_builder.sources.upload_spec import incoming_path as incoming_path
+from dataset_builder.sources.uploads import UploadError, UploadLimits, UploadStopped, store_upload
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +73,6 @@ def store_uploaded_dataset(upload: Path, file_format: str, out_dir: Path, *, dat
         raise
     logger.info("Stored upload %s as dataset %s with %s records.", filename, dataset_id, count)
     return manifest
-
-
-def incoming_path(datasets_dir: Path, dataset_id: object) -> Path:
-    """Where an upload waits for its worker: <datasets_dir>/<id>.incoming, on storage every host shares."""
-    return Path(datasets_dir) / f"{dataset_id}.incoming"
 
 
 def directory_bytes(directory: Path) -> int:

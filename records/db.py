@@ -79,11 +79,17 @@ class Database:
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._free: threading.BoundedSemaphore | None = None
         self._pid = os.getpid()
+        self._ready: tuple[psycopg2.pool.ThreadedConnectionPool, threading.BoundedSemaphore, int] | None = None
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
 
     def _get_pool(self) -> tuple[psycopg2.pool.ThreadedConnectionPool, threading.BoundedSemaphore]:
         """Return this process's pool and its free-connection count, creating them on first use or after a fork."""
+        # Every checkout asks; once the pool exists, one read of an attribute (set and cleared as a whole)
+        # answers without taking the lock that all of the process's threads would queue on.
+        ready = self._ready
+        if ready is not None and ready[2] == os.getpid():
+            return ready[0], ready[1]
         with self._lock:
             if self._pool is not None and self._pid != os.getpid():
                 # A forked child must never use the parent's sockets; drop them without closing.
@@ -104,6 +110,7 @@ class Database:
                     raise DatabaseUnavailable(f"PostgreSQL is unavailable: {_first_line(exc)}") from exc
                 self._free = threading.BoundedSemaphore(self.max_connections)
                 self._pid = os.getpid()
+                self._ready = (self._pool, self._free, self._pid)
             assert self._free is not None
             return self._pool, self._free
 
@@ -180,6 +187,7 @@ class Database:
         with self._lock:
             if self._pool is not None and self._pid == os.getpid():
                 self._pool.closeall()
+            self._ready = None
             self._pool = None
             self._free = None
             self._pid = os.getpid()
@@ -204,6 +212,10 @@ class DictRowCursor(psycopg2.extensions.cursor):
         """The next row as a dict, or None."""
         row = super().fetchone()
         return None if row is None else dict(zip(self._names(), row, strict=True))
+
+    def fetchone_with_names(self) -> tuple[list[str], tuple[Any, ...] | None]:
+        """The column names and the next row as a tuple (or None), for results whose names repeat."""
+        return self._names(), super().fetchone()
 
     def fetchall(self) -> list[dict[str, Any]]:
         """The remaining rows as dicts."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime
 from typing import Any
 
+from records import jobs
 from records.db import Database, execute_prepared
 
 logger = logging.getLogger(__name__)
@@ -18,6 +20,35 @@ _TOKEN_STATE = (
     " FROM users u LEFT JOIN auth_sessions s ON s.sid = $1 AND s.user_id = u.id"
     " WHERE u.id = $2"
 )
+
+
+# The same, with the job a status poll asks for in the same round trip: the job as records.jobs.get_job reads it,
+# if the token's user may see it as stored now (trainers only their own jobs). The user is `me` here, as the
+# job's own FROM names its owner `u`. The job's columns and FROM are records.jobs' own, so both queries answer
+# the same row.
+_TOKEN_STATE_AND_JOB = (
+    "SELECT me.id, me.username, me.role, me.disabled, me.created_at, me.token_version,"
+    " s.sid IS NOT NULL AND s.revoked_at IS NULL AS session_live, job.*"
+    " FROM users me LEFT JOIN auth_sessions s ON s.sid = $1 AND s.user_id = me.id"
+    f" LEFT JOIN LATERAL (SELECT {jobs._JOB_COLUMNS} FROM {jobs._JOB_FROM}"
+    "  WHERE j.id = $3 AND (me.role <> 'trainer' OR j.owner_id = me.id)) job ON true"
+    " WHERE me.id = $2"
+)
+_STATE_COLUMNS = 7
+
+
+def token_state_and_job(db: Database, user_id: int, sid: str | None, job_id: uuid.UUID
+                        ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """token_state, and the job as get_job(job_id, owner_id=the user if a trainer) returns it or None: one query."""
+    with db.read() as cur:
+        execute_prepared(cur, _TOKEN_STATE_AND_JOB, (sid, user_id, job_id))
+        names, row = cur.fetchone_with_names()
+    if row is None:
+        return None, None
+    state = dict(zip(names[:_STATE_COLUMNS], row[:_STATE_COLUMNS], strict=True))
+    # The job's id is its primary key: NULL only when the LEFT JOIN found no job the user may see.
+    job = dict(zip(names[_STATE_COLUMNS:], row[_STATE_COLUMNS:], strict=True)) if row[_STATE_COLUMNS] else None
+    return state, job
 
 
 def token_state(db: Database, user_id: int, sid: str | None) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import structured_logs
 from dataset_builder.sources import SourceContext, context_from_settings
-from dataset_builder.sources.upload_spec import UPLOAD_RECORDS_FILE
+from dataset_builder.sources.upload_spec import UPLOAD_RECORDS_FILE, incoming_path
 from records import attempts
 from records.datasets import storage_of
 from records.db import Database, DatabaseUnavailable
@@ -64,7 +64,6 @@ def source_context(db: Database, settings: Settings) -> SourceContext:
 def run_dataset_job(db: Database, settings: Settings, dataset_id: uuid.UUID, *, worker: str,
                     publish=None) -> dict[str, Any]:
     """Claim the dataset job, build or store it, and record how it ended."""
-    from dataset_builder.upload_dataset import incoming_path
     from tasks.training import LEASE_GRACE_SECONDS
 
     attempt_id = uuid.uuid4().hex
@@ -133,7 +132,7 @@ def _store_upload(db: Database, job: dict[str, Any], settings: Settings, out_dir
                   watcher: _Watcher) -> Outcome:
     """Check an uploaded file record by record, store and export it."""
     from dataset_builder.sources.uploads import UploadLimits
-    from dataset_builder.upload_dataset import UploadRejected, incoming_path, store_uploaded_dataset
+    from dataset_builder.upload_dataset import UploadRejected, store_uploaded_dataset
 
     spec = job["spec"]
     incoming = incoming_path(settings.datasets_dir, job["id"])

@@ -1,4 +1,8 @@
-"""Continuous training: a new job that starts from a finished job's adapter and can replay its data."""
+"""Continuous training: a new job that starts from a finished job's adapter and can replay its data.
+
+The API imports this module (adapter_settings, for continuous job requests): it must stay free of torch and
+the other training libraries, as tests/integration/test_api_imports.py checks.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What a build request's "quality" object may ask of the quality stages, checked without running any.
 
-The API checks build requests with this module, so it imports no stage: the stages load lingua, numpy
-and their models only where a build actually runs.
+The API checks build requests with this module, so it loads no stage's libraries: of the stages it
+imports only the language codes, and lingua is loaded when a build first detects a language.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The upload source's request checks, and where an uploaded dataset's records are stored.
+"""The upload source's request checks, and where uploads wait for their worker and their records are stored.
 
-Light on purpose: the API checks build requests with this module, and loads no Arrow to do it.
+Light on purpose: the API checks build requests and places uploads with this module, and loads no Arrow.
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from dataset_builder.sources.spec import text_problems, unknown_field_problems
 FIELDS = ("dataset_id",)
 UPLOAD_RECORDS_FILE = "records.parquet"
 DATASET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def incoming_path(datasets_dir: Path, dataset_id: object) -> Path:
+    """Where an upload waits for its worker: <datasets_dir>/<id>.incoming, on storage every host shares."""
+    return Path(datasets_dir) / f"{dataset_id}.incoming"
 
 
 def stored_upload_path(datasets_dir: Path, dataset_id: str) -> Path:
