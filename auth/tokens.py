@@ -22,7 +22,8 @@ from flask_jwt_extended import (
 )
 from flask_jwt_extended.config import config as jwt_config
 from flask_jwt_extended.internal_utils import verify_token_not_blocklisted, verify_token_type
-from flask_jwt_extended.view_decorators import _decode_jwt_from_headers, _load_user
+from flask_jwt_extended.view_decorators import _decode_jwt_from_headers
+from flask_jwt_extended.view_decorators import _load_user as _user_of_token
 
 import structured_logs
 from api.errors import ApiError, error_response
@@ -173,7 +174,7 @@ def verify_access_token(job_id: uuid.UUID | None = None) -> None:
         setattr(g, _WANTS_JOB, job_id)
     verify_token_not_blocklisted(header, payload)
     # Clara registers no claims verification callback (the library's default accepts every token).
-    g._jwt_extended_jwt_user = _load_user(header, payload)
+    g._jwt_extended_jwt_user = _user_of_token(header, payload)
     g._jwt_extended_jwt_header = header
     g._jwt_extended_jwt = payload
     g._jwt_extended_jwt_location = "headers"

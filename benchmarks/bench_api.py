@@ -1,8 +1,9 @@
 """`make bench-api`: what a status poll costs, against a bare Flask endpoint measured in the same run.
 
 Closed loop (wrk, 50 connections, 20 s each): GET /api/training/jobs/<id> (one job, rotating over 200 queued
-ones) and GET /api/training/jobs (a page of 20) on Clara, then the same two paths on a bare Flask app that
-answers the same JSON with no auth, database or queue, each served the same way. Both ways of serving run:
+ones) and GET /api/training/jobs (a page of 20) on Clara, each run followed by the same path on a bare Flask
+app that answers the same JSON with no auth, database or queue, served the same way and up at the same time
+(alternating runs, so a change in the machine's load weighs on both sides alike). Both ways of serving run:
 gunicorn (2 workers x 4 threads, as the Docker image) and `python -m api` (Werkzeug's threaded server; the
 reference then runs under the same server). Reported per route: requests/s and latency percentiles, and the
 ratios Clara/reference (throughput, target >= 0.4; p99, target <= 2.0). Any non-2xx answer is counted.
@@ -339,37 +340,37 @@ def _serve_commands(server: str, port: int) -> tuple[list[str], list[str], dict[
 
 def _compare(server: str, env: dict[str, str], work: Path, job_ids: list[str], args: argparse.Namespace
              ) -> tuple[dict[str, Any], str, str]:
-    """wrk on Clara's job and list GETs, then on the reference's, both served by `server`; Clara stays up."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+    """wrk on Clara's job and list GETs and on the reference's, both served by `server`; Clara stays up.
+
+    Both servers are up at once (the idle one costs nothing) and the runs alternate, Clara then the reference
+    for each route, so a change in the machine's load during the runs weighs on both sides alike.
+    """
+    port, bare_port = _free_port(), _free_port()
+    url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
     clara_command, _, extra = _serve_commands(server, port)
-    log = work / "logs" / f"{server.replace(' ', '-')}-clara.log"
-    clara = _start(clara_command, {**env, **extra}, log)
-    _wait(url, clara, log)
-    token = _login(url)
-    if not job_ids:
-        job_ids.extend(_queue_jobs(url, token, args.queued))
-    routes = {"job": ("/api/training/jobs/", job_ids), "list": ("/api/training/jobs", [])}
-    result: dict[str, Any] = {"clara": {}, "bare": {}}
-    for route, (prefix, ids) in routes.items():
-        print(f"[{server}] wrk Clara GET {prefix}{'<id>' if ids else ''} ({args.wrk_seconds:g} s)", flush=True)
-        result["clara"][route] = _wrk(url, prefix, token, ids, work, args)
-        print(json.dumps(result["clara"][route]), flush=True)
-    if server != "gunicorn":
-        _stop(clara)
-    bare_port = _free_port()
-    bare_url = f"http://127.0.0.1:{bare_port}"
     bare_command = _serve_commands(server, bare_port)[1]
+    log = work / "logs" / f"{server.replace(' ', '-')}-clara.log"
     bare_log = work / "logs" / f"{server.replace(' ', '-')}-bare.log"
+    clara = _start(clara_command, {**env, **extra}, log)
     bare = _start(bare_command, env, bare_log)
+    result: dict[str, Any] = {"clara": {}, "bare": {}}
     try:
+        _wait(url, clara, log)
         _wait(bare_url, bare, bare_log)
+        token = _login(url)
+        if not job_ids:
+            job_ids.extend(_queue_jobs(url, token, args.queued))
+        routes = {"job": ("/api/training/jobs/", job_ids), "list": ("/api/training/jobs", [])}
         for route, (prefix, ids) in routes.items():
-            print(f"[{server}] wrk bare GET {prefix}{'<id>' if ids else ''} ({args.wrk_seconds:g} s)", flush=True)
-            result["bare"][route] = _wrk(bare_url, prefix, None, ids, work, args)
-            print(json.dumps(result["bare"][route]), flush=True)
+            for side, side_url, side_token in (("clara", url, token), ("bare", bare_url, None)):
+                print(f"[{server}] wrk {side} GET {prefix}{'<id>' if ids else ''} ({args.wrk_seconds:g} s)",
+                      flush=True)
+                result[side][route] = _wrk(side_url, prefix, side_token, ids, work, args)
+                print(json.dumps(result[side][route]), flush=True)
     finally:
         _stop(bare)
+        if server != "gunicorn":
+            _stop(clara)
     result["clara_vs_bare"] = {
         route: {"throughput": round(result["clara"][route]["requests_per_second"]
                                     / result["bare"][route]["requests_per_second"], 2),

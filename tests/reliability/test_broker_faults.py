@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import psycopg2
@@ -218,17 +219,33 @@ def test_cancel_while_every_worker_is_down_holds_when_workers_return(make_stack,
     assert not any(m.startswith("Attempt") for m in _messages(stack.events(admin, waiting)))
 
 
+# Redis hands an unacknowledged task out again VISIBILITY_TIMEOUT s after its delivery, once a worker's sweep
+# (every VISIBILITY_TIMEOUT // 4 s) notices: about 6 s. The job must still be training then. A step of the tiny
+# model takes only milliseconds on a CPU, so 600 steps were sometimes over in under 4 s, before the redelivery;
+# 6000 steps take about 40 s on a 2-core machine, several times the redelivery's delay even on a faster one.
+VISIBILITY_TIMEOUT = 5
+LONGER_THAN_THE_VISIBILITY_TIMEOUT_STEPS = 6000
+
+
 def test_a_job_longer_than_the_visibility_timeout_trains_once(make_stack, dataset):
     # Redis hands the unacknowledged task to the idle worker after 5 s; the lease keeps it from training twice.
-    stack = make_stack(visibility_timeout=5, lease_seconds=2, reconcile_seconds=RECONCILE_SECONDS)
+    stack = make_stack(visibility_timeout=VISIBILITY_TIMEOUT, lease_seconds=2, reconcile_seconds=RECONCILE_SECONDS)
     stack.start_api()
     stack.start_workers("first", "second")
     admin = stack.login()
-    job_id = stack.submit(admin, dataset, max_steps=600)
-    job = stack.wait_for_job(admin, job_id, lambda j: j["is_terminal"], timeout=240)
+    job_id = stack.submit(admin, dataset, max_steps=LONGER_THAN_THE_VISIBILITY_TIMEOUT_STEPS)
+    job = stack.wait_for_job(admin, job_id, lambda j: j["is_terminal"], timeout=400)
     assert job["status"] == "completed" and job["attempts"] == 1, job
-    messages = _messages(stack.events(admin, job_id))
+    events = stack.events(admin, job_id)
+    messages = _messages(events)
     assert len([m for m in messages if m.startswith("Attempt ")]) == 1, messages
     logs = stack.log("first").read_text() + stack.log("second").read_text()
     # The redelivery happened, and it met the live lease.
-    assert f"Job {job_id} is held by another attempt" in logs
+    if f"Job {job_id} is held by another attempt" not in logs:
+        started, ended = (datetime.fromisoformat(event["created_at"]) for event in events
+                          if event["message"].startswith(("Attempt ", "Job completed")))
+        ran = (ended - started).total_seconds()
+        assert ran > 2 * VISIBILITY_TIMEOUT, (
+            f"the job trained only {ran:.1f} s, too short for a redelivery to meet it: "
+            "raise LONGER_THAN_THE_VISIBILITY_TIMEOUT_STEPS")
+        raise AssertionError(f"no redelivery met the lease of job {job_id}, which trained {ran:.1f} s")
