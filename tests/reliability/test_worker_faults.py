@@ -162,7 +162,7 @@ def test_five_sigkills_across_three_jobs_each_job_completes_exactly_once(make_st
                                                                          queue="gpu")
                 duplicate_sent = True
             step = (job["progress"] or {}).get("step", 0)
-            if step < steps[0]:
+            if first_seen.setdefault((job_id, job["worker"]), step) == step or step < steps[0]:
                 continue
             checkpoint = _newest_checkpoint(stack, admin, job_id)
             time.sleep(rng.uniform(0, 0.5))  # a random moment inside a step or a checkpoint
