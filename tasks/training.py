@@ -402,6 +402,9 @@ class JobReporter(ProgressReporter):
                 with self.db.transaction() as cur:
                     add_event(cur, self.job_id, "status", f"Resuming from the checkpoint at step {step}.",
                               data={"resumed_from_step": step}, kind=TRAINING)
+                    # The dead attempt's last step may lie past its checkpoint; progress goes on from here.
+                    cur.execute("UPDATE training_jobs SET progress = progress || jsonb_build_object('step', %s)"
+                                " WHERE id = %s", (step, self.job_id))
         except DatabaseUnavailable as exc:
             logger.warning("Could not record the resume of job %s: %s", self.job_id, exc)
 

@@ -215,3 +215,21 @@ def test_an_adapter_published_by_a_dead_attempt_completes_the_job(db, settings, 
     done = jobs.get_job(db, job["id"])
     assert done["attempts"] == 2 and done["adapter_path"] == str(settings.output_dir / str(job["id"]))
     assert done["metrics"]["train_loss"] == metrics["train_loss"]
+
+
+def test_a_resumed_attempt_shows_the_step_it_resumes_from(db, new_job, tmp_path):
+    from tasks.training import JobReporter
+    from trainers.checkpoints import METADATA_FILE, PREFIX, REQUIRED_FILES, CheckpointStore
+
+    job = new_job(max_steps=100)
+    # The dead attempt reported step 40 but saved its last checkpoint at step 25.
+    with db.transaction() as cur:
+        cur.execute("UPDATE training_jobs SET status = 'running', progress = '{\"step\": 40, \"total_steps\": 100}'"
+                    " WHERE id = %s", (job["id"],))
+    checkpoint = tmp_path / f"{PREFIX}25"
+    checkpoint.mkdir()
+    (checkpoint / METADATA_FILE).write_text("{}")
+    for name in REQUIRED_FILES:
+        (checkpoint / name).write_text("")
+    JobReporter(db, job["id"], "a2", None).note_resume(CheckpointStore(tmp_path, 2))
+    assert jobs.get_job(db, job["id"])["progress"] == {"step": 25, "total_steps": 100}
