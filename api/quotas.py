@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 STORAGE_SETTING = "storage_quota_bytes_per_user"
 STORAGE_QUOTA_EXAMPLE = error_example(
     "quota_exceeded", "Quota exceeded: your datasets and adapters take 214748364800 bytes, and "
-                      "storage_quota_bytes_per_user allows 214748364800 per user; delete a dataset first.",
+                      "storage_quota_bytes_per_user allows 214748364800 per user; delete a dataset or an adapter "
+                      "first.",
     quota=STORAGE_SETTING, limit=214748364800, used=214748364800)
 
 
@@ -30,7 +31,7 @@ def require_storage(db: Database, settings: Settings, user_id: int) -> None:
     if used >= limit:
         logger.info("User %s is at their storage quota (%s of %s bytes).", user_id, used, limit)
         raise ApiError(409, f"Quota exceeded: your datasets and adapters take {used} bytes, and {STORAGE_SETTING} "
-                            f"allows {limit} per user; delete a dataset first.",
+                            f"allows {limit} per user; delete a dataset or an adapter first.",
                        "quota_exceeded", {"quota": STORAGE_SETTING, "limit": limit, "used": used})
 
 
