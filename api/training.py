@@ -328,8 +328,10 @@ def delete(job_id: uuid.UUID) -> dict:
 def adapter(job_id: uuid.UUID) -> Response:
     """Download the trained adapter directory as a .tar.gz, streamed as it is read."""
     job = _load_visible(job_id)
-    if job["status"] != "completed" or not job["adapter_path"]:
+    if job["status"] != "completed":
         raise ApiError(409, f"Job {job_id} has no adapter: its status is {job['status']}.", "adapter_not_ready")
+    if not job["adapter_path"]:
+        raise ApiError(409, f"Job {job_id} has no adapter: it was deleted.", "adapter_not_ready")
     directory = Path(job["adapter_path"]).resolve()
     if not directory.is_relative_to(_settings().output_dir) or not directory.is_dir():
         raise ApiError(404, f"The adapter of job {job_id} is no longer on disk.", "adapter_missing")

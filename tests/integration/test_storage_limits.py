@@ -316,7 +316,8 @@ def test_deleting_an_adapter_frees_its_storage_and_keeps_the_record(client, trai
     assert usage_bytes(db, _me(client, trainer)) == 0
     job = client.get(f"/api/training/jobs/{job_id}", headers=trainer).get_json()
     assert job["status"] == "completed" and job["adapter_path"] is None
-    assert client.get(f"/api/training/jobs/{job_id}/adapter", headers=trainer).status_code == 409
+    gone = client.get(f"/api/training/jobs/{job_id}/adapter", headers=trainer)
+    assert gone.status_code == 409 and "it was deleted" in _error(gone)["message"]
     again = client.delete(f"/api/training/jobs/{job_id}/adapter", headers=trainer)
     assert again.status_code == 409 and _error(again)["code"] == "adapter_not_ready"
     assert _submit(client, trainer).status_code == 202
