@@ -59,10 +59,10 @@ api: install
 	$(PY) -m api
 
 worker: install
-	$(VENV)/bin/celery -A tasks worker -Q gpu --loglevel INFO
+	$(VENV)/bin/celery -A tasks worker -Q gpu -n gpu@%h --loglevel INFO
 
 worker-cpu: install
-	$(VENV)/bin/celery -A tasks worker -Q cpu --concurrency 2 --loglevel INFO
+	$(VENV)/bin/celery -A tasks worker -Q cpu -n cpu@%h --concurrency 2 --loglevel INFO
 
 flower: install
 	@test -n "$$CLARA_FLOWER_BASIC_AUTH" || { echo "Set CLARA_FLOWER_BASIC_AUTH=user:password first; Flower never runs open."; exit 1; }

@@ -31,7 +31,7 @@ from api.schemas import (
     JobListSchema,
     JobSchema,
 )
-from auth.tokens import access_required, job_access_required, roles_required, visible_job
+from auth.tokens import job_access_required, page_access_required, roles_required, visible_job, visible_page
 from records import audit, checkpoints, datasets, jobs, storage
 from settings import Settings
 from trainers.continuous import adapter_settings
@@ -228,16 +228,16 @@ def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:
 
 
 @blp.route("", methods=["GET"])
-@access_required
+@page_access_required
 @blp.arguments(JobListQuerySchema, location="query", unknown=ma.RAISE)
 @blp.response(200, JobListSchema)
 @blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid, or after names no job.",
                   example=field_error("after", "No job with this id."))
 def index(query: dict) -> dict:
     """List jobs, newest first; pass the last id of a page as `after` for the next."""
+    # Read with the token check, in one query, as jobs.list_jobs would read it for the caller.
     try:
-        rows, has_more = jobs.list_jobs(_db(), owner_id=_visible_owner(), status=query.get("status"),
-                                        limit=query["limit"], after=query.get("after"))
+        rows, has_more = visible_page(status=query.get("status"), limit=query["limit"], after=query.get("after"))
     except jobs.UnknownCursor:
         raise _field_error("after", "No job with this id.") from None
     return {"data": rows, "has_more": has_more}

@@ -27,7 +27,7 @@ from flask_jwt_extended.view_decorators import _load_user as _user_of_token
 
 import structured_logs
 from api.errors import ApiError, error_response
-from records import sessions
+from records import jobs, sessions
 from settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,10 @@ _VERIFIED = "clara_verified_tokens"
 # A job view names its job here before the token check, which then fetches it in the same query.
 _WANTS_JOB = "_clara_wants_job"
 _JOB = "_clara_job"
+# A list view's token, decoded but not yet checked against PostgreSQL: visible_page checks it with the page's query.
+_PENDING = "_clara_pending_token"
+# Token state a view's own query has read; the blocklist loader then asks PostgreSQL nothing more.
+_FETCHED = "_clara_fetched_state"
 
 
 class RefreshReused(Exception):
@@ -68,12 +72,14 @@ def configure_jwt(app: Flask, settings: Settings) -> JWTManager:
     def _revoked(_header: dict, payload: dict) -> bool:
         # flask-jwt-extended asks this before the user loader; one query answers both (and a job view's job).
         db, user_id, sid = current_app.extensions["clara_db"], int(payload["sub"]), payload.get("sid")
-        job_id = g.pop(_WANTS_JOB, None)
-        if job_id is None:
-            state = sessions.token_state(db, user_id, sid)
-        else:
-            state, job = sessions.token_state_and_job(db, user_id, sid, job_id)
-            setattr(g, _JOB, job)
+        state = g.pop(_FETCHED, _MISSING)  # Read with a list page (visible_page) already.
+        if state is _MISSING:
+            job_id = g.pop(_WANTS_JOB, None)
+            if job_id is None:
+                state = sessions.token_state(db, user_id, sid)
+            else:
+                state, job = sessions.token_state_and_job(db, user_id, sid, job_id)
+                setattr(g, _JOB, job)
         setattr(g, _STATE, state)
         return state is not None and not token_is_current(state, payload)
 
@@ -165,13 +171,26 @@ def verify_access_token(job_id: uuid.UUID | None = None) -> None:
     library's error for it (with the expired token's claims its expired-token answer needs).
     With job_id, the token check's query also reads that job as its user may see it (see visible_job).
     """
-    if request.method in jwt_config.exempt_methods:
+    token = _request_token()
+    if token is None:
         return
+    if job_id is not None:
+        setattr(g, _WANTS_JOB, job_id)
+    _check_token_state(*token)
+
+
+def _request_token() -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The verified header and claims of the request's access token (None for exempt methods); nothing stored read."""
+    if request.method in jwt_config.exempt_methods:
+        return None
     encoded, _ = _decode_jwt_from_headers()
     header, payload = _decode_access(encoded)
     verify_token_type(payload, refresh=False)
-    if job_id is not None:
-        setattr(g, _WANTS_JOB, job_id)
+    return header, payload
+
+
+def _check_token_state(header: dict[str, Any], payload: dict[str, Any]) -> None:
+    """The library's checks of a decoded token against what is stored now (revocation, the user), and its g."""
     verify_token_not_blocklisted(header, payload)
     # Clara registers no claims verification callback (the library's default accepts every token).
     g._jwt_extended_jwt_user = _user_of_token(header, payload)
@@ -263,6 +282,57 @@ def job_access_required(view: Callable) -> Callable:
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def page_access_required(view: Callable) -> Callable:
+    """access_required for a list view whose page is read in the token check's own query (see visible_page).
+
+    The token is decoded and verified here as by access_required; its state in PostgreSQL is checked by
+    visible_page, with the page, once the view has its parsed arguments. Should the view end before that (a bad
+    query string), the token state is checked on its own first, so a revoked token still answers 401 before
+    any 422, as when the check came first.
+    """
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = _request_token()
+        if token is None:
+            return view(*args, **kwargs)
+        setattr(g, _PENDING, token)
+        try:
+            result = view(*args, **kwargs)
+        except BaseException:
+            _check_pending_token()
+            raise
+        _check_pending_token()  # A view that did not call visible_page still gets the full check.
+        return result
+
+    return wrapper
+
+
+def _check_pending_token() -> None:
+    """Check the token page_access_required decoded, unless visible_page already has."""
+    token = g.pop(_PENDING, None)
+    if token is not None:
+        _check_token_state(*token)
+
+
+def visible_page(*, status: str | None, limit: int, after: uuid.UUID | None
+                 ) -> tuple[list[dict[str, Any]], bool]:
+    """Check page_access_required's token and read the page list_jobs returns for its user, in one query.
+
+    The user's role as stored now decides what it sees (trainers only their own jobs). A refused token raises
+    its 401 first; then records.jobs.UnknownCursor when `after` names no job the user may see.
+    """
+    header, payload = g.pop(_PENDING)
+    state, page, has_more = sessions.token_state_and_page(
+        current_app.extensions["clara_db"], int(payload["sub"]), payload.get("sid"),
+        status=status, limit=limit, after=after)
+    setattr(g, _FETCHED, state)
+    _check_token_state(header, payload)
+    if page is None:
+        raise jobs.UnknownCursor(str(after))
+    return page, has_more
 
 
 def visible_job() -> dict[str, Any] | None:

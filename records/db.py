@@ -217,6 +217,10 @@ class DictRowCursor(psycopg2.extensions.cursor):
         """The column names and the next row as a tuple (or None), for results whose names repeat."""
         return self._names(), super().fetchone()
 
+    def fetchall_with_names(self) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """The column names and the remaining rows as tuples, for results whose names repeat."""
+        return self._names(), super().fetchall()
+
     def fetchall(self) -> list[dict[str, Any]]:
         """The remaining rows as dicts."""
         names = self._names()

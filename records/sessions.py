@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from datetime import datetime
@@ -49,6 +50,71 @@ def token_state_and_job(db: Database, user_id: int, sid: str | None, job_id: uui
     # The job's id is its primary key: NULL only when the LEFT JOIN found no job the user may see.
     job = dict(zip(names[_STATE_COLUMNS:], row[_STATE_COLUMNS:], strict=True)) if row[_STATE_COLUMNS] else None
     return state, job
+
+
+@functools.cache
+def _token_state_and_page_query(status: bool, after: bool) -> str:
+    """_TOKEN_STATE with a page of jobs as records.jobs.list_jobs reads it, for the user as stored now.
+
+    $1 sid, $2 user id, $3 the page size + 1, then the cursor's job id (with `after`), then the status (with
+    `status`). One row per job of the page (the token state repeated on each), or one row with NULL job columns
+    for an empty page; none when no user has this id. `cursor_found` is false when `after` names no job the user
+    may see, as list_jobs's UnknownCursor. Trainers' and others' pages are two branches with one-time filters, so
+    a trainer's page still walks the owner's index rather than every job.
+    """
+    conditions, cursor_join, cursor_found, number = [], "", "true", 3
+    if after:
+        number += 1
+        cursor_join = (f" LEFT JOIN training_jobs cursor_job ON cursor_job.id = ${number}"
+                       " AND (me.role <> 'trainer' OR cursor_job.owner_id = me.id)")
+        cursor_found = "cursor_job.id IS NOT NULL"
+        # NULL (so no rows) when the cursor names no visible job.
+        conditions.append("(j.created_at, j.id) < (cursor_job.created_at, cursor_job.id)")
+    if status:
+        number += 1
+        conditions.append(f"j.status = ${number}")
+
+    def branch(visible: str) -> str:
+        where = " AND ".join([visible, *conditions])
+        return (f"(SELECT {jobs._JOB_COLUMNS} FROM {jobs._JOB_FROM} WHERE {where}"
+                " ORDER BY j.created_at DESC, j.id DESC LIMIT $3)")
+
+    trainers, others = branch("me.role = 'trainer' AND j.owner_id = me.id"), branch("me.role <> 'trainer'")
+    return (
+        "SELECT me.id, me.username, me.role, me.disabled, me.created_at, me.token_version,"
+        f" s.sid IS NOT NULL AND s.revoked_at IS NULL AS session_live, {cursor_found} AS cursor_found, job.*"
+        f" FROM users me LEFT JOIN auth_sessions s ON s.sid = $1 AND s.user_id = me.id{cursor_join}"
+        f" LEFT JOIN LATERAL ({trainers} UNION ALL {others}) job ON true"
+        " WHERE me.id = $2 ORDER BY job.created_at DESC, job.id DESC"
+    )
+
+
+def token_state_and_page(db: Database, user_id: int, sid: str | None, *, status: str | None, limit: int,
+                         after: uuid.UUID | None
+                         ) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None, bool]:
+    """token_state, and the page and has_more that list_jobs(owner_id=the user if a trainer) returns: one query.
+
+    The page is None when `after` names no job the user may see (list_jobs raises UnknownCursor then).
+    """
+    params: list[Any] = [sid, user_id, limit + 1]
+    if after is not None:
+        params.append(after)
+    if status is not None:
+        params.append(status)
+    with db.read() as cur:
+        execute_prepared(cur, _token_state_and_page_query(status is not None, after is not None), params)
+        names, rows = cur.fetchall_with_names()
+    if not rows:
+        return None, None, False
+    first = rows[0]
+    state = dict(zip(names[:_STATE_COLUMNS], first[:_STATE_COLUMNS], strict=True))
+    if not first[_STATE_COLUMNS]:
+        return state, None, False
+    job_names = names[_STATE_COLUMNS + 1:]
+    # A job's id is its primary key: NULL only in the one row of an empty page.
+    page = [dict(zip(job_names, row[_STATE_COLUMNS + 1:], strict=True))
+            for row in rows if row[_STATE_COLUMNS + 1] is not None]
+    return state, page[:limit], len(page) > limit
 
 
 def token_state(db: Database, user_id: int, sid: str | None) -> dict[str, Any] | None:
