@@ -30,6 +30,7 @@ from api.schemas import (
     JobListQuerySchema,
     JobListSchema,
     JobSchema,
+    dump_job_page,
 )
 from auth.tokens import job_access_required, page_access_required, roles_required, visible_job, visible_page
 from records import audit, checkpoints, datasets, jobs, storage
@@ -43,6 +44,7 @@ blp = Blueprint("training", __name__, url_prefix="/api/training/jobs",
                 description="Submit, follow, cancel and download LoRA training jobs.")
 
 TRAIN_TASK = "clara.train_job"
+_JOB_SCHEMA = JobSchema()
 TRAINERS_ONLY = {"schema": ErrorSchema, "description": "Analysts follow jobs but do not run them.",
                  "example": forbidden("admin", "trainer")}
 ENDED = {"schema": ErrorSchema, "description": "The job already ended.",
@@ -229,30 +231,34 @@ def _dataset_files(dataset_id: uuid.UUID) -> tuple[Path, Path | None]:
 
 @blp.route("", methods=["GET"])
 @page_access_required
-@blp.arguments(JobListQuerySchema, location="query", unknown=ma.RAISE)
+# An instance, not the class: webargs would build a new schema (deep copies of its fields) on every request.
+@blp.arguments(JobListQuerySchema(), location="query", unknown=ma.RAISE)
 @blp.response(200, JobListSchema)
 @blp.alt_response(422, schema=ErrorSchema, description="A query parameter is invalid, or after names no job.",
                   example=field_error("after", "No job with this id."))
-def index(query: dict) -> dict:
+def index(query: dict) -> Response:
     """List jobs, newest first; pass the last id of a page as `after` for the next."""
     # Read with the token check, in one query, as jobs.list_jobs would read it for the caller.
     try:
         rows, has_more = visible_page(status=query.get("status"), limit=query["limit"], after=query.get("after"))
     except jobs.UnknownCursor:
         raise _field_error("after", "No job with this id.") from None
-    return {"data": rows, "has_more": has_more}
+    # A ready response, which @blp.response passes through (it stays for the docs): the same body as its
+    # JobListSchema dump and jsonify, without marshmallow's walk of the page.
+    return current_app.json.response(dump_job_page(rows, has_more))
 
 
 @blp.route("/<uuid:job_id>", methods=["GET"])
 @job_access_required
 @blp.response(200, JobSchema)
-def show(job_id: uuid.UUID) -> dict:
+def show(job_id: uuid.UUID) -> Response:
     """One job: status, progress, metrics, error."""
     # Read with the token check, in one query; None answers as _load_visible does.
     job = visible_job()
     if job is None:
         raise ApiError(404, f"No training job {job_id}.", "job_not_found")
-    return job
+    # A ready response, as index's: what @blp.response would answer for JobSchema.
+    return current_app.json.response(_JOB_SCHEMA.dump(job))
 
 
 @blp.route("/<uuid:job_id>/events", methods=["GET"])

@@ -301,7 +301,7 @@ def page_access_required(view: Callable) -> Callable:
         setattr(g, _PENDING, token)
         try:
             result = view(*args, **kwargs)
-        except BaseException:
+        except Exception:
             _check_pending_token()
             raise
         _check_pending_token()  # A view that did not call visible_page still gets the full check.
