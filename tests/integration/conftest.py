@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2.extensions
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -86,3 +88,31 @@ def queue_length(redis_url: str) -> Callable[[str], int]:
         return client.llen(queue)
 
     return _length
+
+
+def count_statements(monkeypatch) -> list[str]:
+    """Record every statement sent through psycopg2's Python cursor classes (nested calls counted once)."""
+    executed: list[str] = []
+    nested = threading.local()
+
+    def _wrap(original):
+        def _execute(self, query, vars=None):
+            if not getattr(nested, "active", False):
+                executed.append(query)
+            outer, nested.active = getattr(nested, "active", False), True
+            try:
+                return original(self, query, vars)
+            finally:
+                nested.active = outer
+
+        return _execute
+
+    pending = list(psycopg2.extensions.cursor.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        try:
+            monkeypatch.setattr(cls, "execute", _wrap(cls.execute))
+        except TypeError:
+            continue  # psycopg2's own C cursor types cannot be patched, nor are they used here.
+    return executed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 
-import psycopg2.extensions
 import pytest
 import redis
 
@@ -14,7 +13,7 @@ from auth.tokens import issue_tokens
 from auth.users import create_user
 from settings import DEVELOPMENT_SECRET, SettingsError
 from tests.conftest import free_port
-from tests.integration.conftest import PASSWORD
+from tests.integration.conftest import PASSWORD, count_statements
 
 NEW_PASSWORD = "tram-lantern-orbit-quill-7"
 
@@ -218,39 +217,10 @@ def test_an_authenticated_request_costs_one_query_and_no_redis(settings_override
         tokens = issue_tokens(user)
     client = app.test_client()
     assert _works(client, tokens)  # the pool's first connection is opened outside the count
-    executed = _count_statements(monkeypatch)
+    executed = count_statements(monkeypatch)
     me = client.get("/api/auth/me", headers=_bearer(tokens["access_token"]))
     assert me.status_code == 200 and me.get_json()["username"] == "tom"
     assert len(executed) == 1, executed
-
-
-def _count_statements(monkeypatch) -> list[str]:
-    """Record every statement sent through any of psycopg2's cursor classes (whichever records/db.py uses)."""
-    executed: list[str] = []
-    nested = threading.local()
-
-    def _wrap(original):
-        def _execute(self, query, vars=None):
-            if not getattr(nested, "active", False):
-                executed.append(query)
-            outer = getattr(nested, "active", False)
-            nested.active = True
-            try:
-                return original(self, query, vars)
-            finally:
-                nested.active = outer
-
-        return _execute
-
-    pending = list(psycopg2.extensions.cursor.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        try:
-            monkeypatch.setattr(cls, "execute", _wrap(cls.execute))
-        except TypeError:
-            continue  # psycopg2's own C cursor types (replication) cannot be patched, nor are they used here.
-    return executed
 
 
 # --- Login input and logs ----------------------------------------------------------------------------------------

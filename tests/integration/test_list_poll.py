@@ -7,8 +7,8 @@ import pytest
 from api.schemas import JobListSchema
 from auth.users import create_user
 from records import jobs
-from tests.integration.conftest import PASSWORD
-from tests.integration.test_status_poll import _count_statements, _headers, _job
+from tests.integration.conftest import PASSWORD, count_statements
+from tests.integration.test_status_poll import _headers, _job
 
 
 def _expected(db, owner_id: int | None, *, status: str | None = None, limit: int = 20, after: str | None = None
@@ -26,7 +26,7 @@ def test_a_list_poll_costs_one_query(client, db, monkeypatch, query):
     path = "/api/training/jobs" + query.format(after=ids[-1])
     # The first request opens the connection and prepares the statement; later ones only run it.
     assert client.get(path, headers=headers).status_code == 200
-    executed = _count_statements(monkeypatch)
+    executed = count_statements(monkeypatch)
     listed = client.get(path, headers=headers)
     assert listed.status_code == 200 and listed.get_json()["data"]
     assert len(executed) == 1, executed

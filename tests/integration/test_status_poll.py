@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
 import jwt
-import psycopg2.extensions
 import pytest
 from flask_jwt_extended import create_access_token
 
@@ -15,7 +13,7 @@ from api.schemas import JobSchema
 from auth.tokens import issue_tokens
 from auth.users import create_user
 from records import jobs
-from tests.integration.conftest import PASSWORD
+from tests.integration.conftest import PASSWORD, count_statements
 
 
 def _job(db, owner_id: int) -> str:
@@ -30,41 +28,13 @@ def _headers(client, username: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {login.get_json()['access_token']}"}
 
 
-def _count_statements(monkeypatch) -> list[str]:
-    """Record every statement sent through psycopg2's Python cursor classes (nested calls counted once)."""
-    executed: list[str] = []
-    nested = threading.local()
-
-    def _wrap(original):
-        def _execute(self, query, vars=None):
-            if not getattr(nested, "active", False):
-                executed.append(query)
-            outer, nested.active = getattr(nested, "active", False), True
-            try:
-                return original(self, query, vars)
-            finally:
-                nested.active = outer
-
-        return _execute
-
-    pending = list(psycopg2.extensions.cursor.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        try:
-            monkeypatch.setattr(cls, "execute", _wrap(cls.execute))
-        except TypeError:
-            continue  # psycopg2's own C cursor types cannot be patched, nor are they used here.
-    return executed
-
-
 def test_a_job_poll_costs_one_query(client, db, monkeypatch):
     owner = create_user(db, "tom", PASSWORD, "trainer")
     job_id = _job(db, owner["id"])
     headers = _headers(client, "tom")
     # The first poll opens the connection and prepares the statement; later ones only run it.
     assert client.get(f"/api/training/jobs/{job_id}", headers=headers).status_code == 200
-    executed = _count_statements(monkeypatch)
+    executed = count_statements(monkeypatch)
     poll = client.get(f"/api/training/jobs/{job_id}", headers=headers)
     assert poll.status_code == 200 and poll.get_json()["id"] == job_id
     assert len(executed) == 1, executed
