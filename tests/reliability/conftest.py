@@ -142,6 +142,17 @@ class Stack:
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], log_dir: Path) -> Stack:
+        """A stack whose processes get these settings as CLARA_* variables, the first admin and no hub access."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CLARA_")}
+        env.update({f"CLARA_{key.upper()}": str(value) for key, value in settings.items()})
+        env.update({"CLARA_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD, "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+        stack = cls(env=env, log_dir=log_dir)
+        env["CLARA_API_PORT"] = str(stack.port)
+        return stack
+
     @property
     def url(self) -> str:
         """Base URL of the API."""
@@ -256,13 +267,7 @@ def make_stack(settings_overrides: dict[str, Any], storage: dict[str, Path], tmp
     stacks: list[Stack] = []
 
     def make(**overrides: Any) -> Stack:
-        settings = {**settings_overrides, "lease_seconds": LEASE_SECONDS, **overrides}
-        env = {key: value for key, value in os.environ.items() if not key.startswith("CLARA_")}
-        env.update({f"CLARA_{key.upper()}": str(value) for key, value in settings.items()})
-        env.update({"CLARA_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD, "HF_HUB_OFFLINE": "1",
-                    "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-        stack = Stack(env=env, log_dir=tmp_path)
-        env["CLARA_API_PORT"] = str(stack.port)
+        stack = Stack.from_settings({**settings_overrides, "lease_seconds": LEASE_SECONDS, **overrides}, tmp_path)
         stacks.append(stack)
         return stack
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import threading
 import uuid
@@ -28,7 +27,7 @@ import requests
 from psycopg2.extras import Json
 
 from tests.conftest import TEST_SECRET, fresh_database
-from tests.reliability.conftest import ADMIN_PASSWORD, Stack
+from tests.reliability.conftest import Stack
 
 MB = 1024 * 1024
 API_GROWTH_LIMIT = 100 * MB
@@ -84,12 +83,7 @@ def bomb_stack(template_database: str, reliability_redis_db: int, tiny_model_dir
                     "data_dir": dirs["data"], "models_dir": dirs["models"], "output_dir": dirs["outputs"],
                     "datasets_dir": dirs["datasets"], "checkpoints_dir": dirs["checkpoints"],
                     "cache_dir": dirs["cache"], "chroma_path": dirs["chroma"]}
-        env = {key: value for key, value in os.environ.items() if not key.startswith("CLARA_")}
-        env.update({f"CLARA_{key.upper()}": str(value) for key, value in settings.items()})
-        env.update({"CLARA_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD, "HF_HUB_OFFLINE": "1",
-                    "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-        stack = Stack(env=env, log_dir=base)
-        env["CLARA_API_PORT"] = str(stack.port)
+        stack = Stack.from_settings(settings, base)
         try:
             stack.start_api()
             stack.start_workers("cpu-worker", queue="cpu")
